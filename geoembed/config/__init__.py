@@ -1,0 +1,146 @@
+"""Validated configuration: YAML in, pydantic models (unknown keys are errors), resolved YAML out.
+
+A config file holds the sections a command needs; ``geoembed build`` needs ``locations`` and ``views``,
+``geoembed train`` needs ``views`` and ``train``, ``geoembed evaluate`` needs ``evaluate``.
+Relative paths in a config are resolved against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from geoembed.config.base import Section
+from geoembed.config.build import (
+    DaskConfig,
+    LocationsConfig,
+    OsmViewConfig,
+    RasterViewConfig,
+    RegionConfig,
+    ViewConfig,
+    WeightConfig,
+)
+from geoembed.config.evaluate import EvaluateConfig
+from geoembed.config.train import TrainConfig
+from geoembed.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "DaskConfig",
+    "EvaluateConfig",
+    "LocationsConfig",
+    "OsmViewConfig",
+    "RasterViewConfig",
+    "RegionConfig",
+    "TrainConfig",
+    "ViewConfig",
+    "WeightConfig",
+    "load_config",
+    "parse_config",
+    "save_resolved",
+]
+
+
+class Config(Section):
+    """A whole geoembed run. ``workdir`` holds every artefact the run writes."""
+
+    workdir: str = "runs/default"
+    seed: int = 0
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+    locations: LocationsConfig | None = None
+    views: list[ViewConfig] = Field(default_factory=list)
+    train: TrainConfig | None = None
+    evaluate: EvaluateConfig | None = None
+
+    @field_validator("views")
+    @classmethod
+    def _unique_names(cls, views: list) -> list:
+        names = [v.name for v in views]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"view names must be unique; repeated: {dup}")
+        for n in names:
+            if not n or not n.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"view name {n!r} must be letters, digits, '_' or '-'")
+        return views
+
+    def view(self, name: str) -> RasterViewConfig | OsmViewConfig:
+        for v in self.views:
+            if v.name == name:
+                return v
+        raise ConfigError(f"no view named {name!r} in config (views: {[v.name for v in self.views]})")
+
+    def require(self, *sections: str) -> None:
+        """Raise a ConfigError unless every named section is present (non-empty)."""
+        missing = [s for s in sections if not getattr(self, s)]
+        if missing:
+            raise ConfigError(f"config is missing section(s) {missing} needed by this command")
+
+    @property
+    def workdir_path(self) -> Path:
+        return Path(self.workdir)
+
+
+_PATH_KEYS = {"polygon", "raster", "points", "source", "sources", "catalogue", "coverage", "workdir",
+              "table", "bundle", "weights_file", "backbone_weights", "output"}
+
+
+def _resolve_paths(node: Any, base: Path, key: str | None = None) -> Any:
+    """Make relative file paths absolute against the config file's folder."""
+    if isinstance(node, dict):
+        return {k: _resolve_paths(v, base, k) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve_paths(v, base, key) for v in node]
+    if key in _PATH_KEYS and isinstance(node, str) and "://" not in node and not os.path.isabs(node):
+        return str((base / node).resolve())
+    return node
+
+
+def _format_errors(err: ValidationError, origin: str) -> str:
+    lines = [f"invalid config {origin}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg} (got {e.get('input')!r})" if e["type"] != "extra_forbidden"
+                     else f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, origin: str = "<dict>", base: Path | None = None) -> Config:
+    """Validate a config mapping; relative paths are resolved against ``base`` when given."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {origin}: the top level must be a mapping, got {type(data).__name__}")
+    if base is not None:
+        data = _resolve_paths(data, base)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, origin)) from None
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Config:
+    """Read and validate a YAML config file; paths in it are relative to the file's folder."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
+    if overrides:
+        data = {**data, **overrides}
+    return parse_config(data, origin=str(p), base=p.resolve().parent)
+
+
+def save_resolved(cfg: Config, path: str | os.PathLike) -> Path:
+    """Write the fully resolved config (defaults filled in) as YAML, atomically."""
+    from geoembed.io.atomic import atomic_write_text
+
+    text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return atomic_write_text(Path(path), text)

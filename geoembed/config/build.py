@@ -1,0 +1,121 @@
+"""Configuration of the build stage: locations, raster views, OSM views and the Dask runtime."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from geoembed.config.base import Section
+
+
+class DaskConfig(Section):
+    """Where Dask tasks run. ``scheduler`` (or env GEOEMBED_SCHEDULER) is a distributed scheduler
+    address such as ``tcp://10.0.0.5:8786``; when unset, the local threaded scheduler is used."""
+
+    scheduler: str | None = None
+    num_workers: int | None = Field(default=None, ge=1)
+    chunk_size: int = Field(default=2048, ge=1, description="locations per task")
+
+
+class RegionConfig(Section):
+    """The sampling region: exactly one of a bounding box, a polygon file or a raster footprint."""
+
+    bbox: tuple[float, float, float, float] | None = Field(
+        default=None, description="lon_min, lat_min, lon_max, lat_max in EPSG:4326"
+    )
+    polygon: str | None = Field(default=None, description="vector file (any CRS); union of its geometries")
+    raster: str | None = Field(default=None, description="raster whose valid footprint is the region")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RegionConfig:
+        given = [k for k in ("bbox", "polygon", "raster") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of bbox, polygon, raster (got {given or 'none'})")
+        if self.bbox is not None:
+            x0, y0, x1, y1 = self.bbox
+            if not (-180 <= x0 < x1 <= 180 and -90 <= y0 < y1 <= 90):
+                raise ValueError(f"bbox {self.bbox} is not lon_min < lon_max, lat_min < lat_max in degrees")
+        return self
+
+
+class WeightConfig(Section):
+    """Sampling weights: a density raster (sampled proportionally to its values) or a point layer
+    (sampled around its points, with ``jitter_m`` Gaussian spread)."""
+
+    raster: str | None = None
+    points: str | None = None
+    jitter_m: float = Field(default=250.0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> WeightConfig:
+        if (self.raster is None) == (self.points is None):
+            raise ValueError("give exactly one of raster, points")
+        return self
+
+
+class LocationsConfig(Section):
+    """Sample ``n`` locations in ``region`` (or take a user's point table from ``points``)."""
+
+    region: RegionConfig | None = None
+    n: int | None = Field(default=None, ge=1)
+    weight: WeightConfig | None = None
+    points: str | None = Field(default=None, description="CSV/Parquet/GeoParquet/vector file of points")
+    lon_col: str = "lon"
+    lat_col: str = "lat"
+    id_col: str | None = None
+    coverage: list[str] = Field(
+        default_factory=list,
+        description="raster files whose footprint a location must lie in; default: all raster view sources",
+    )
+    block_size_m: float = Field(default=2000.0, gt=0, description="spatial block edge for later splits")
+
+    @model_validator(mode="after")
+    def _source(self) -> LocationsConfig:
+        if self.points is None and (self.region is None or self.n is None):
+            raise ValueError("give either points, or region and n")
+        if self.points is not None and (self.region is not None or self.weight is not None):
+            raise ValueError("points cannot be combined with region or weight")
+        return self
+
+
+class RasterViewConfig(Section):
+    """Chips from one or more rasters, stacked band-wise, on a local metric grid centred on each location."""
+
+    kind: Literal["raster"] = "raster"
+    name: str
+    sources: list[str] = Field(min_length=1)
+    bands: list[list[int] | None] | None = Field(
+        default=None, description="per source: 1-based band indexes to use (null = all)"
+    )
+    chip_size: int = Field(default=16, ge=1, le=1024, description="chip height and width in pixels")
+    resolution_m: float = Field(default=30.0, gt=0, description="ground size of one chip pixel")
+    resampling: Literal["nearest", "bilinear"] = "bilinear"
+    min_valid_fraction: float = Field(default=0.9, ge=0, le=1)
+    nodata: list[float | None] | None = Field(
+        default=None, description="per source nodata override (null = what the file declares)"
+    )
+    dtype: Literal["float32", "float16"] = "float32"
+
+    @model_validator(mode="after")
+    def _lengths(self) -> RasterViewConfig:
+        for key in ("bands", "nodata"):
+            val = getattr(self, key)
+            if val is not None and len(val) != len(self.sources):
+                raise ValueError(f"{key} has {len(val)} entries but there are {len(self.sources)} sources")
+        return self
+
+
+class OsmViewConfig(Section):
+    """Per-location OSM features: H3 hex tensor, radius aggregates and capped nearest distances."""
+
+    kind: Literal["osm"] = "osm"
+    name: str
+    source: str = Field(description=".osm.pbf, .osm XML, or GeoParquet of features")
+    catalogue: str | None = Field(default=None, description="YAML tag-to-category catalogue (default built in)")
+    h3_resolution: int = Field(default=9, ge=0, le=15)
+    radii_m: list[float] = Field(default_factory=lambda: [250.0, 1000.0])
+    max_distance_m: float = Field(default=5000.0, gt=0)
+
+
+ViewConfig = Annotated[RasterViewConfig | OsmViewConfig, Field(discriminator="kind")]

@@ -1,0 +1,1 @@
+"""One module per artefact: read, write and validate it."""

@@ -1,0 +1,76 @@
+"""Atomic file writes: write to a temporary sibling, fsync, then rename over the target."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it is renamed onto ``target``.
+
+    On any exception the temporary file (or folder) is removed and ``target`` is left untouched,
+    so a failed or killed write never leaves something that looks complete.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    os.close(fd)
+    os.unlink(tmp)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        if tmp_path.is_dir():
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp_path, target)
+        else:
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_path, target)
+    except BaseException:
+        if tmp_path.is_dir():
+            shutil.rmtree(tmp_path, ignore_errors=True)
+        elif tmp_path.exists():
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text)
+    return Path(target)
+
+
+def atomic_write_json(target: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON to ``target`` atomically."""
+    return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def file_fingerprint(path: str | os.PathLike, block: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, as ``sha256:<hex>``. Names the file if it cannot be read."""
+    p = Path(path)
+    h = hashlib.sha256()
+    try:
+        with open(p, "rb") as fh:
+            while chunk := fh.read(block):
+                h.update(chunk)
+    except OSError as err:
+        from geoembed.errors import InputError
+
+        raise InputError(f"cannot read {p}: {err.strerror or err}") from None
+    return "sha256:" + h.hexdigest()
+
+
+def text_fingerprint(obj) -> str:
+    """sha256 of a JSON-serialisable object in canonical form."""
+    data = json.dumps(obj, sort_keys=True, default=str).encode()
+    return "sha256:" + hashlib.sha256(data).hexdigest()
