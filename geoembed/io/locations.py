@@ -16,6 +16,7 @@ from geoembed.io.atomic import atomic_path
 
 REQUIRED = ("location_id", "lon", "lat")
 META_KEY = b"geoembed"
+LOCATION_META_KEY_STR = "geoembed"
 
 
 def make_locations(
@@ -59,14 +60,15 @@ def validate_locations(df: pd.DataFrame, origin: str | os.PathLike) -> None:
 
 def write_locations(gdf: gpd.GeoDataFrame, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Write locations as GeoParquet atomically, with ``meta`` stored in the file's metadata."""
+    import io
+
     import pyarrow.parquet as pq
 
     validate_locations(gdf, path)
     path = Path(path)
-    table = gdf.to_arrow(index=False) if hasattr(gdf, "to_arrow") else None
-    import pyarrow as pa
-
-    table = pa.table(table) if table is not None else pa.Table.from_pandas(gdf)
+    buf = io.BytesIO()
+    gdf.to_parquet(buf, index=False)  # GeoParquet "geo" metadata
+    table = pq.read_table(io.BytesIO(buf.getvalue()))
     md = dict(table.schema.metadata or {})
     md[META_KEY] = json.dumps(meta or {}, default=str).encode()
     table = table.replace_schema_metadata(md)

@@ -1,0 +1,135 @@
+"""The build stage: sample (or read) locations, then build every configured view with Dask.
+
+Artefacts under ``<workdir>``: ``config.resolved.yaml``, ``locations.parquet``, ``views/<name>/``.
+Every step is resumable: finished artefacts whose inputs and settings are unchanged are kept, a view
+store killed mid-build is completed chunk by chunk, and a second rerun does nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+from geoembed.config import Config, load_config, save_resolved
+from geoembed.config.build import OsmViewConfig, RasterViewConfig
+from geoembed.errors import InputError
+from geoembed.io.atomic import file_fingerprint, text_fingerprint
+from geoembed.io.locations import read_locations, read_locations_meta, write_locations
+from geoembed.io.viewstore import ViewStore
+
+log = logging.getLogger(__name__)
+
+LOCATIONS_FILE = "locations.parquet"
+VIEWS_DIR = "views"
+RESOLVED_CONFIG = "config.resolved.yaml"
+
+
+def coverage_sources(cfg: Config) -> list[str]:
+    """Rasters a location must lie inside: configured, else every raster view's sources."""
+    assert cfg.locations is not None
+    if cfg.locations.coverage:
+        return list(cfg.locations.coverage)
+    return [s for v in cfg.views if isinstance(v, RasterViewConfig) for s in v.sources]
+
+
+def build_locations(cfg: Config, overwrite: bool = False) -> tuple[Path, dict]:
+    """Write ``<workdir>/locations.parquet`` unless an identical one exists. Returns (path, metadata)."""
+    from geoembed.io.rasters import raster_footprint
+    from geoembed.locations import make_location_table
+
+    assert cfg.locations is not None
+    path = cfg.workdir_path / LOCATIONS_FILE
+    cov = coverage_sources(cfg)
+    fingerprint = text_fingerprint({
+        "locations": cfg.locations.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "coverage": {s: file_fingerprint(s) for s in cov},
+        "points": file_fingerprint(cfg.locations.points) if cfg.locations.points else None,
+    })
+    if path.exists():
+        meta = read_locations_meta(path)
+        if meta.get("build_fingerprint") == fingerprint:
+            log.info("locations: %s is up to date", path)
+            return path, meta
+        if not overwrite:
+            raise InputError(f"{path} was built from different settings or inputs; pass --overwrite to rebuild "
+                             "it (views built on it are rebuilt too)")
+    footprints = [raster_footprint(s) for s in cov]
+    gdf, meta = make_location_table(cfg.locations, footprints, cfg.seed)
+    meta = {**meta, "build_fingerprint": fingerprint, "coverage": cov}
+    write_locations(gdf, path, meta)
+    return path, meta
+
+
+def build_view(cfg: Config, view: RasterViewConfig | OsmViewConfig, overwrite: bool = False) -> ViewStore:
+    """Build one view store for the run's locations."""
+    locations = read_locations(cfg.workdir_path / LOCATIONS_FILE)
+    out_dir = cfg.workdir_path / VIEWS_DIR / view.name
+    if isinstance(view, RasterViewConfig):
+        from geoembed.views.raster import build_raster_view
+
+        return build_raster_view(view, locations, out_dir, dask_cfg=cfg.dask, overwrite=overwrite)
+    from geoembed.views.osm import build_osm_view
+
+    return build_osm_view(view, locations, out_dir, dask_cfg=cfg.dask, overwrite=overwrite)
+
+
+def build(cfg: Config, overwrite: bool = False, only: list[str] | None = None) -> dict:
+    """Run the build stage; returns a summary of what was produced."""
+    cfg.require("locations", "views")
+    workdir = cfg.workdir_path
+    workdir.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, workdir / RESOLVED_CONFIG)
+    summary: dict = {"workdir": str(workdir)}
+    t0 = time.perf_counter()
+    loc_path, loc_meta = build_locations(cfg, overwrite=overwrite)
+    s = loc_meta["sampling"]
+    summary["locations"] = {"path": str(loc_path), "kept": s["kept"],
+                            "excluded_no_coverage": s["excluded_no_coverage"], "blocks": loc_meta["n_blocks"]}
+    summary["views"] = {}
+    for view in cfg.views:
+        if only and view.name not in only:
+            continue
+        t = time.perf_counter()
+        store = build_view(cfg, view, overwrite=overwrite)
+        summary["views"][view.name] = {
+            "path": str(store.path), "kind": store.meta["kind"], "rows": store.n_rows,
+            "valid": store.meta.get("n_valid"),
+            "arrays": {k: list(v.shape) for k, v in store.arrays.items()},
+            "seconds": round(time.perf_counter() - t, 1),
+        }
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """Human-readable lines for the CLI."""
+    loc = summary["locations"]
+    lines = [f"workdir: {summary['workdir']}",
+             f"locations: {loc['kept']} kept, {loc['excluded_no_coverage']} excluded (no coverage), "
+             f"{loc['blocks']} spatial blocks -> {loc['path']}"]
+    for name, v in summary["views"].items():
+        arrays = ", ".join(f"{k} {tuple(s)}" for k, s in v["arrays"].items())
+        lines.append(f"view {name} ({v['kind']}): {v['valid']} of {v['rows']} rows valid; {arrays} "
+                     f"[{v['seconds']} s] -> {v['path']}")
+    lines.append(f"build finished in {summary['seconds']} s")
+    return "\n".join(lines)
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, help="YAML config with locations and views sections")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rebuild artefacts built from different settings instead of stopping")
+    parser.add_argument("--only", nargs="+", metavar="VIEW", help="build only these views")
+    parser.add_argument("--scheduler", help="Dask distributed scheduler address (overrides config/env)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if args.scheduler:
+        cfg.dask.scheduler = args.scheduler
+    summary = build(cfg, overwrite=args.overwrite, only=args.only)
+    print(format_summary(summary))
+    return 0

@@ -1,0 +1,106 @@
+"""``geoembed inspect PATH``: print what any geoembed artefact holds.
+
+Recognises a run folder (workdir), a locations GeoParquet, a view store, a model bundle, an enriched
+table (Parquet with geoembed metadata) and an evaluation report folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import yaml
+
+from geoembed.errors import InputError
+
+
+def _locations(path: Path) -> dict:
+    from geoembed.io.locations import read_locations, read_locations_meta
+
+    gdf = read_locations(path)
+    meta = read_locations_meta(path)
+    return {
+        "artefact": "locations",
+        "path": str(path),
+        "rows": len(gdf),
+        "crs": str(gdf.crs),
+        "lon": [float(gdf["lon"].min()), float(gdf["lon"].max())],
+        "lat": [float(gdf["lat"].min()), float(gdf["lat"].max())],
+        "blocks": int(gdf["block_id"].nunique()) if "block_id" in gdf else None,
+        "metadata": meta,
+    }
+
+
+def _parquet_table(path: Path) -> dict:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    md = {k.decode(): v.decode()[:2000] for k, v in (pf.schema_arrow.metadata or {}).items()
+          if k not in (b"pandas", b"ARROW:schema")}
+    for k, v in list(md.items()):
+        try:
+            md[k] = json.loads(v)
+        except ValueError:
+            pass
+    return {"artefact": "table", "path": str(path), "rows": pf.metadata.num_rows,
+            "columns": {f.name: str(f.type) for f in pf.schema_arrow}, "metadata": md}
+
+
+def describe(path: str | Path) -> dict | list:
+    """A JSON-able description of the artefact at ``path``."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p} does not exist")
+    if p.is_dir():
+        if (p / "meta.json").exists() and (p / "store.zarr").exists():
+            from geoembed.io.viewstore import ViewStore
+
+            return {"artefact": "view store", **ViewStore.open(p, require_complete=False).describe()}
+        if (p / "geoembed.json").exists():
+            from geoembed.io.bundle import load_bundle
+
+            b = load_bundle(p)
+            meta = dict(b.meta)
+            meta.pop("footprint", None)
+            return {"artefact": "model bundle", "path": str(p), "fingerprint": b.fingerprint,
+                    "embedding_dim": b.embedding_dim, "footprint_bounds": list(b.footprint.bounds), "meta": meta}
+        if (p / "evaluation.json").exists():
+            recs = json.loads((p / "evaluation.json").read_text())
+            pooled = [r for r in recs if r.get("fold") in (None, "pooled")]
+            return {"artefact": "evaluation report", "path": str(p), "records": len(recs),
+                    "pooled": [{k: r.get(k) for k in ("model", "features", "split", "deviance_ratio", "gini")}
+                               for r in pooled]}
+        out = []
+        if (p / "locations.parquet").exists():
+            out.append(_locations(p / "locations.parquet"))
+        for sub in sorted((p / "views").glob("*")) if (p / "views").exists() else []:
+            out.append(describe(sub))
+        for name in ("bundle", "report"):
+            if (p / name).exists():
+                out.append(describe(p / name))
+        if not out:
+            raise InputError(f"{p} holds no geoembed artefact")
+        return out
+    if p.suffix.lower() in (".parquet", ".geoparquet"):
+        from geoembed.io.locations import LOCATION_META_KEY_STR
+
+        info = _parquet_table(p)
+        if LOCATION_META_KEY_STR in info["metadata"]:
+            return _locations(p)
+        return info
+    raise InputError(f"{p}: not a geoembed artefact (expected a run folder, view store, bundle, report or Parquet)")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="run folder, locations.parquet, views/<name>, bundle, report or table")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.path)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        print(yaml.safe_dump(json.loads(json.dumps(info, default=str)), sort_keys=False, width=120).rstrip())
+    return 0

@@ -1,0 +1,318 @@
+"""Sampling locations in a region, coverage filtering, spatial blocks and spatial ordering.
+
+All sampling is deterministic for a seed. Uniform sampling is uniform in area on the sphere
+(latitude drawn through sin(lat)); weighted sampling follows a density raster (value x pixel area)
+or a point layer (points drawn with replacement, jittered by a Gaussian of ``jitter_m`` metres).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import shapely
+from pyproj import CRS, Transformer
+
+from geoembed.config.build import LocationsConfig, RegionConfig, WeightConfig
+from geoembed.errors import InputError
+from geoembed.io.atomic import file_fingerprint
+from geoembed.io.locations import make_locations
+from geoembed.io.rasters import open_raster, raster_footprint
+
+log = logging.getLogger(__name__)
+
+MAX_ROUNDS = 50
+_DENSITY_MAX_PIXELS = 16_000_000
+
+
+@dataclass
+class SampleReport:
+    """What sampling did: requested, drawn, excluded for lack of coverage, kept."""
+
+    requested: int
+    drawn: int = 0
+    excluded_no_coverage: int = 0
+    kept: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"requested": self.requested, "drawn": self.drawn,
+                "excluded_no_coverage": self.excluded_no_coverage, "kept": self.kept, "notes": self.notes}
+
+
+# ---------------------------------------------------------------------------- geometry helpers
+def local_metric_crs(lon: float, lat: float) -> CRS:
+    """A transverse Mercator projection centred on (lon, lat): metres, negligible distortion locally."""
+    return CRS.from_proj4(f"+proj=tmerc +lat_0={lat:.8f} +lon_0={lon:.8f} +k=1 +x_0=0 +y_0=0 +ellps=WGS84 +units=m")
+
+
+def to_local_metres(lon: np.ndarray, lat: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.ndarray]:
+    """Project degrees to the given metric CRS."""
+    tr = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    return tr.transform(np.asarray(lon, float), np.asarray(lat, float))
+
+
+def read_vector(path: str | os.PathLike) -> gpd.GeoDataFrame:
+    """Read a vector file (any format GDAL reads, or GeoParquet) with clear errors."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"vector file {p} does not exist")
+    try:
+        gdf = gpd.read_parquet(p) if p.suffix.lower() in (".parquet", ".geoparquet") else gpd.read_file(p)
+    except Exception as err:  # noqa: BLE001 - any reader failure is a bad file
+        raise InputError(f"cannot read vector file {p}: {err}") from None
+    if len(gdf) == 0:
+        raise InputError(f"vector file {p} has no features")
+    if gdf.crs is None:
+        raise InputError(f"vector file {p} has no CRS")
+    return gdf.to_crs("EPSG:4326")
+
+
+def region_geometry(region: RegionConfig):
+    """The region as a shapely geometry in EPSG:4326."""
+    if region.bbox is not None:
+        return shapely.box(*region.bbox)
+    if region.polygon is not None:
+        gdf = read_vector(region.polygon)
+        geom = shapely.union_all(shapely.make_valid(gdf.geometry.values))
+        if geom.is_empty or geom.area == 0:
+            raise InputError(f"region polygon file {region.polygon} has no polygon area")
+        return geom
+    return raster_footprint(region.raster)
+
+
+def coverage_mask(lon: np.ndarray, lat: np.ndarray, footprints: list) -> np.ndarray:
+    """True where a point lies inside every footprint (all views need data there)."""
+    ok = np.ones(len(lon), dtype=bool)
+    for fp in footprints:
+        shapely.prepare(fp)
+        ok &= shapely.contains_xy(fp, lon, lat)
+    return ok
+
+
+# ---------------------------------------------------------------------------- samplers
+def _uniform_in(geom, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n points uniform in area on the sphere inside ``geom`` (rejection from its bounding box)."""
+    x0, y0, x1, y1 = geom.bounds
+    s0, s1 = np.sin(np.radians(y0)), np.sin(np.radians(y1))
+    shapely.prepare(geom)
+    out_lon, out_lat = [], []
+    got = 0
+    for _ in range(MAX_ROUNDS):
+        m = max(1024, int((n - got) * 1.3 * geom.envelope.area / max(geom.area, 1e-12)))
+        lon = rng.uniform(x0, x1, m)
+        lat = np.degrees(np.arcsin(rng.uniform(s0, s1, m)))
+        inside = shapely.contains_xy(geom, lon, lat)
+        out_lon.append(lon[inside])
+        out_lat.append(lat[inside])
+        got += int(inside.sum())
+        if got >= n:
+            break
+    lon, lat = np.concatenate(out_lon)[:n], np.concatenate(out_lat)[:n]
+    if len(lon) < n:
+        raise InputError(f"could not draw {n} points inside the region (got {len(lon)}): is it degenerate?")
+    return lon, lat
+
+
+def _density_sampler(path: str, geom, rng: np.random.Generator):
+    """Return a function n -> (lon, lat) drawing points proportionally to a density raster."""
+    from rasterio.enums import Resampling
+
+    with open_raster(path) as ds:
+        scale = max(1.0, np.sqrt(ds.width * ds.height / _DENSITY_MAX_PIXELS))
+        h, w = int(ds.height / scale), int(ds.width / scale)
+        arr = ds.read(1, out_shape=(h, w), masked=True, resampling=Resampling.average).astype(np.float64)
+        transform = ds.transform @ ds.transform.scale(ds.width / w, ds.height / h)
+        crs = ds.crs
+    vals = np.ma.filled(arr, 0.0)
+    vals[~np.isfinite(vals)] = 0.0
+    if (vals < 0).any():
+        raise InputError(f"density raster {path} has negative values; weights must be >= 0")
+    rows, cols = np.nonzero(vals > 0)
+    if len(rows) == 0:
+        raise InputError(f"density raster {path} has no positive values")
+    weight = vals[rows, cols]
+    to_ll = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    if crs.is_geographic:  # pixel area shrinks with cos(latitude)
+        _, cy = transform @ (cols + 0.5, rows + 0.5)
+        weight = weight * np.cos(np.radians(cy))
+    p = weight / weight.sum()
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        k = rng.choice(len(p), size=n, p=p)
+        x, y = transform @ (cols[k] + rng.uniform(0, 1, n), rows[k] + rng.uniform(0, 1, n))
+        lon, lat = to_ll.transform(np.asarray(x), np.asarray(y))
+        return np.asarray(lon), np.asarray(lat)
+
+    return draw
+
+
+def _points_sampler(weight: WeightConfig, rng: np.random.Generator):
+    """Return a function n -> (lon, lat) drawing jittered copies of a point layer's points."""
+    gdf = read_vector(weight.points)
+    pts = gdf.geometry.representative_point()
+    plon, plat = pts.x.to_numpy(), pts.y.to_numpy()
+    crs = local_metric_crs(float(np.mean(plon)), float(np.mean(plat)))
+    px, py = to_local_metres(plon, plat, crs)
+    back = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        k = rng.integers(0, len(px), n)
+        x = px[k] + rng.normal(0, weight.jitter_m, n)
+        y = py[k] + rng.normal(0, weight.jitter_m, n)
+        lon, lat = back.transform(x, y)
+        return np.asarray(lon), np.asarray(lat)
+
+    return draw
+
+
+def sample_points(cfg: LocationsConfig, footprints: list, seed: int) -> tuple[np.ndarray, np.ndarray, SampleReport]:
+    """Draw ``cfg.n`` points in the region (weighted if configured) that lie inside every footprint."""
+    assert cfg.region is not None and cfg.n is not None
+    rng = np.random.default_rng(seed)
+    geom = region_geometry(cfg.region)
+    report = SampleReport(requested=cfg.n)
+    if cfg.weight is None:
+        def draw(m: int):
+            return _uniform_in(geom, m, rng)
+    elif cfg.weight.raster is not None:
+        draw = _density_sampler(cfg.weight.raster, geom, rng)
+    else:
+        draw = _points_sampler(cfg.weight, rng)
+    shapely.prepare(geom)
+    lons, lats = [], []
+    kept = 0
+    for _ in range(MAX_ROUNDS):
+        need = cfg.n - kept
+        lon, lat = draw(max(need, 256))
+        in_region = shapely.contains_xy(geom, lon, lat)
+        lon, lat = lon[in_region], lat[in_region]
+        ok = coverage_mask(lon, lat, footprints)
+        # Consider draws in order until ``need`` are kept, so the counts describe exactly those draws.
+        upto = int(np.searchsorted(np.cumsum(ok), need)) + 1 if ok.sum() >= need else len(ok)
+        ok = ok[:upto]
+        report.drawn += upto
+        report.excluded_no_coverage += int((~ok).sum())
+        lons.append(lon[:upto][ok])
+        lats.append(lat[:upto][ok])
+        kept += int(ok.sum())
+        if kept >= cfg.n:
+            break
+    report.kept = kept
+    if kept == 0:
+        raise InputError("no sampled location lies inside the region and the coverage of every raster view: "
+                         "check that the region overlaps the rasters")
+    if kept < cfg.n:
+        report.notes.append(f"only {kept} of {cfg.n} locations could be placed inside the coverage")
+    return np.concatenate(lons), np.concatenate(lats), report
+
+
+def read_points_table(cfg: LocationsConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A user's own point table: (location_id, lon, lat). Errors name the file and the bad rows."""
+    p = Path(cfg.points)
+    if not p.exists():
+        raise InputError(f"points file {p} does not exist")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(p)
+        elif suffix in (".parquet", ".geoparquet"):
+            import pyarrow.parquet as pq
+
+            md = pq.read_schema(p).metadata or {}
+            df = gpd.read_parquet(p) if b"geo" in md else pd.read_parquet(p)
+        else:
+            df = gpd.read_file(p)
+    except Exception as err:  # noqa: BLE001
+        raise InputError(f"cannot read points file {p}: {err}") from None
+    if len(df) == 0:
+        raise InputError(f"points file {p} has no rows")
+    if cfg.lon_col in df.columns and cfg.lat_col in df.columns:
+        lon = pd.to_numeric(df[cfg.lon_col], errors="coerce").to_numpy(float)
+        lat = pd.to_numeric(df[cfg.lat_col], errors="coerce").to_numpy(float)
+    elif isinstance(df, gpd.GeoDataFrame) and df.geometry is not None:
+        if df.crs is None:
+            raise InputError(f"points file {p} has geometry but no CRS")
+        g = df.geometry.to_crs("EPSG:4326")
+        if not (g.geom_type == "Point").all():
+            g = g.representative_point()
+        lon, lat = g.x.to_numpy(), g.y.to_numpy()
+    else:
+        raise InputError(f"points file {p} has neither columns {cfg.lon_col!r}/{cfg.lat_col!r} nor point geometry")
+    bad = ~(np.isfinite(lon) & np.isfinite(lat) & (np.abs(lon) <= 180) & (np.abs(lat) <= 90))
+    if bad.any():
+        rows = np.flatnonzero(bad)[:5].tolist()
+        raise InputError(f"points file {p}: {int(bad.sum())} rows have missing or out-of-range "
+                         f"{cfg.lon_col}/{cfg.lat_col}, e.g. rows {rows}")
+    if cfg.id_col is not None:
+        if cfg.id_col not in df.columns:
+            raise InputError(f"points file {p} has no id column {cfg.id_col!r}")
+        ids = df[cfg.id_col]
+        if not pd.api.types.is_integer_dtype(ids):
+            raise InputError(f"points file {p}: id column {cfg.id_col!r} must be integer, got {ids.dtype}")
+        if ids.duplicated().any():
+            raise InputError(f"points file {p}: id column {cfg.id_col!r} has duplicates, "
+                             f"e.g. {ids[ids.duplicated()].head(3).tolist()}")
+        ids = ids.to_numpy(np.int64)
+    else:
+        ids = np.arange(len(df), dtype=np.int64)
+    return ids, lon, lat
+
+
+# ---------------------------------------------------------------------------- blocks and order
+def spatial_blocks(lon: np.ndarray, lat: np.ndarray, block_size_m: float) -> np.ndarray:
+    """Square blocks of ``block_size_m`` in a local transverse Mercator centred on the points."""
+    crs = local_metric_crs(float(np.mean(lon)), float(np.mean(lat)))
+    x, y = to_local_metres(lon, lat, crs)
+    ix = np.floor(np.asarray(x) / block_size_m).astype(np.int64)
+    iy = np.floor(np.asarray(y) / block_size_m).astype(np.int64)
+    return (ix + (1 << 20)) * (1 << 21) + (iy + (1 << 20))
+
+
+def morton_order(lon: np.ndarray, lat: np.ndarray, bits: int = 16) -> np.ndarray:
+    """Row order along a Z-order curve of the points' extent (keeps chunks spatially compact)."""
+    def spread(v: np.ndarray) -> np.ndarray:
+        v = v.astype(np.uint64)
+        out = np.zeros_like(v)
+        for b in range(bits):
+            out |= ((v >> np.uint64(b)) & np.uint64(1)) << np.uint64(2 * b)
+        return out
+
+    def quant(v: np.ndarray) -> np.ndarray:
+        lo, hi = float(v.min()), float(v.max())
+        return np.floor((v - lo) / max(hi - lo, 1e-12) * ((1 << bits) - 1)).astype(np.int64)
+
+    key = spread(quant(lon)) | (spread(quant(lat)) << np.uint64(1))
+    return np.argsort(key, kind="stable")
+
+
+def make_location_table(cfg: LocationsConfig, footprints: list, seed: int) -> tuple[gpd.GeoDataFrame, dict]:
+    """Sample (or read) locations, drop those without coverage, add blocks, order along a Z-curve."""
+    if cfg.points is not None:
+        ids, lon, lat = read_points_table(cfg)
+        ok = coverage_mask(lon, lat, footprints)
+        report = SampleReport(requested=len(ids), drawn=len(ids), excluded_no_coverage=int((~ok).sum()),
+                              kept=int(ok.sum()))
+        if not ok.any():
+            raise InputError(f"none of the {len(ids)} points in {cfg.points} lies inside the raster coverage")
+        ids, lon, lat = ids[ok], lon[ok], lat[ok]
+        source = {"points": cfg.points, "fingerprint": file_fingerprint(cfg.points)}
+    else:
+        lon, lat, report = sample_points(cfg, footprints, seed)
+        ids = None
+        source = {"region": cfg.region.model_dump(), "weight": cfg.weight.model_dump() if cfg.weight else None}
+    order = morton_order(lon, lat)
+    lon, lat = lon[order], lat[order]
+    ids = np.arange(len(lon), dtype=np.int64) if ids is None else ids[order]
+    blocks = spatial_blocks(lon, lat, cfg.block_size_m)
+    gdf = make_locations(ids, lon, lat, blocks)
+    if report.excluded_no_coverage:
+        log.info("excluded %d locations outside raster coverage", report.excluded_no_coverage)
+    meta = {"sampling": report.as_dict(), "seed": seed, "source": source, "block_size_m": cfg.block_size_m,
+            "n_blocks": int(len(np.unique(blocks)))}
+    return gdf, meta

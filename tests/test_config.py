@@ -1,0 +1,70 @@
+"""Config validation: unknown keys and wrong types are errors naming the key; paths resolve."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from geoembed.config import load_config, parse_config, save_resolved
+from geoembed.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_config_loads_and_resolves_paths():
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    assert [v.name for v in cfg.views] == ["landsat", "dem"]
+    for v in cfg.views:
+        assert all(Path(s).is_absolute() and Path(s).exists() for s in v.sources)
+    assert Path(cfg.workdir).is_absolute()
+
+
+def test_unknown_key_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"locations": {"region": {"bbox": [0, 0, 1, 1]}, "n": 5, "nn": 3}}))
+    with pytest.raises(ConfigError, match=r"locations\.nn: unknown key"):
+        load_config(p)
+
+
+def test_unknown_key_in_view_is_named():
+    with pytest.raises(ConfigError, match=r"views\.0\.raster\.chip_sise: unknown key"):
+        parse_config({"views": [{"name": "a", "kind": "raster", "sources": ["x.tif"], "chip_sise": 3}]})
+
+
+def test_wrong_type_is_named():
+    with pytest.raises(ConfigError, match=r"locations\.n"):
+        parse_config({"locations": {"region": {"bbox": [0, 0, 1, 1]}, "n": "many"}})
+
+
+def test_bad_region_and_duplicate_views():
+    with pytest.raises(ConfigError, match="exactly one of bbox, polygon, raster"):
+        parse_config({"locations": {"region": {"bbox": [0, 0, 1, 1], "raster": "a.tif"}, "n": 1}})
+    with pytest.raises(ConfigError, match="bbox"):
+        parse_config({"locations": {"region": {"bbox": [1, 0, 0, 1]}, "n": 1}})
+    v = {"name": "a", "kind": "raster", "sources": ["x.tif"]}
+    with pytest.raises(ConfigError, match="repeated"):
+        parse_config({"views": [v, v]})
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    p = tmp_path / "bad.yaml"
+    p.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(ROOT / "configs" / "demo.yaml")
+    out = save_resolved(cfg, tmp_path / "resolved.yaml")
+    again = load_config(out)
+    assert again.model_dump() == cfg.model_dump()
+
+
+def test_require_names_missing_sections():
+    cfg = parse_config({})
+    with pytest.raises(ConfigError, match="locations"):
+        cfg.require("locations", "views")
