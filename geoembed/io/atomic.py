@@ -63,6 +63,10 @@ def file_fingerprint(path: str | os.PathLike, block: int = 1 << 20) -> str:
         with open(p, "rb") as fh:
             while chunk := fh.read(block):
                 h.update(chunk)
+    except FileNotFoundError:
+        from geoembed.errors import InputError
+
+        raise InputError(f"{p} does not exist") from None
     except OSError as err:
         from geoembed.errors import InputError
 
