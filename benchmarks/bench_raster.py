@@ -1,0 +1,184 @@
+"""Raster view throughput: chips for N locations vs reading the whole raster once.
+
+    .venv/bin/python benchmarks/bench_raster.py                 # 10k x 10k x 3 uint8, 100k locations
+    .venv/bin/python benchmarks/bench_raster.py --n 20000 --size 4000
+
+Builds (once, cached in benchmarks/out/) a tiled, DEFLATE-compressed uint8 GeoTIFF in UTM 33N at
+10 m, then prints:
+
+* the I/O bound: reading every pixel once, strip by strip, on ``--workers`` threads;
+* chips for ``--n`` random locations (Hilbert-sorted, as the sampler writes them), chip 16, native
+  resolution, default resampling (bilinear), through ``build_raster_view`` with the local threaded
+  scheduler on ``--workers`` threads (end to end: reads, sampling, zarr writes, stats), and through
+  the chunk function ``extract_chips`` alone over the same chunks;
+* the ratios to the I/O bound, and the peak RSS of a fresh process for ``--n-small`` and ``--n``
+  locations (memory is bounded by the chunk size, not by N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out"
+RES = 10.0
+ORIGIN = (400_000.0, 6_000_000.0)
+
+
+def raster_path(size: int) -> Path:
+    return OUT / f"bench_{size}x{size}x3_uint8.tif"
+
+
+def make_raster(size: int) -> Path:
+    from geoembed.testing.rasters import large_uint8_raster
+
+    path = raster_path(size)
+    t = time.perf_counter()
+    existed = path.exists()
+    large_uint8_raster(path, size=size, bands=3, origin=ORIGIN, res=RES)
+    if not existed:
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.1f} s")
+    return path
+
+
+def cpu_seconds() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def read_all(path: Path, workers: int) -> tuple[float, float]:
+    """Wall and CPU seconds to read every pixel of every band once (512-row strips, ``workers`` threads)."""
+    import rasterio
+    from rasterio.windows import Window
+
+    with rasterio.open(path) as ds:
+        height, width = ds.height, ds.width
+
+    def strip(y0: int) -> int:
+        with rasterio.open(path) as ds:
+            a = ds.read(window=Window(0, y0, width, min(512, height - y0)))
+        return int(a[0, 0, 0])
+
+    t, c = time.perf_counter(), cpu_seconds()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(strip, range(0, height, 512)))
+    return time.perf_counter() - t, cpu_seconds() - c
+
+
+def locations(n: int, size: int, chip: int, seed: int = 0):
+    import pyproj
+
+    from geoembed.io.locations import make_locations
+    from geoembed.views.raster import spatial_order
+
+    rng = np.random.default_rng(seed)
+    m = chip  # keep chips inside the raster
+    x = ORIGIN[0] + rng.uniform(m, size - m, n) * RES
+    y = ORIGIN[1] - rng.uniform(m, size - m, n) * RES
+    lon, lat = pyproj.Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True).transform(x, y)
+    lon, lat = np.asarray(lon), np.asarray(lat)
+    o = spatial_order(lon, lat)
+    return make_locations(np.arange(n), lon[o], lat[o])
+
+
+def child(args) -> dict:
+    """One measurement in this (fresh) process: build, or the chunk function alone."""
+    from geoembed.config.build import DaskConfig, RasterViewConfig
+    from geoembed.views.raster import RasterSource, build_raster_view, extract_chips
+
+    path = raster_path(args.size)
+    locs = locations(args.n, args.size, args.chip)
+    cfg = RasterViewConfig(name="bench", sources=[str(path)], chip_size=args.chip, resolution_m=RES,
+                           **({"resampling": args.resampling} if args.resampling else {}))
+    dcfg = DaskConfig(scheduler="threads", num_workers=args.workers, chunk_size=args.chunk_size)
+    import psutil
+
+    res: dict = {"n": args.n, "rss_before_mb": psutil.Process().memory_info().rss / 2**20}
+    if args.mode == "build":
+        out = OUT / f"view_{args.n}"
+        shutil.rmtree(out, ignore_errors=True)
+        t, c = time.perf_counter(), cpu_seconds()
+        store = build_raster_view(cfg, locs, out, dask_cfg=dcfg)
+        res["seconds"], res["cpu"] = time.perf_counter() - t, cpu_seconds() - c
+        res["valid"] = int(store.meta["n_valid"])
+        shutil.rmtree(out, ignore_errors=True)
+    else:
+        lon, lat = locs["lon"].to_numpy(), locs["lat"].to_numpy()
+        src = [RasterSource(str(path))]
+        bounds = [(a, min(a + args.chunk_size, args.n)) for a in range(0, args.n, args.chunk_size)]
+
+        def run(ab):
+            chips, vf = extract_chips(src, lon[ab[0]:ab[1]], lat[ab[0]:ab[1]], chip_size=args.chip,
+                                      resolution_m=RES, resampling=cfg.resampling)
+            return int((vf == 1).sum())
+
+        t, c = time.perf_counter(), cpu_seconds()
+        with ThreadPoolExecutor(args.workers) as pool:
+            res["valid"] = sum(pool.map(run, bounds))
+        res["seconds"], res["cpu"] = time.perf_counter() - t, cpu_seconds() - c
+    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return res
+
+
+def spawn(args, n: int, mode: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--mode", mode, "--n", str(n), "--size", str(args.size),
+           "--chip", str(args.chip), "--workers", str(args.workers), "--chunk-size", str(args.chunk_size)]
+    if args.resampling:
+        cmd += ["--resampling", args.resampling]
+    env = {**os.environ, "GEOEMBED_NO_PROGRESS": "1", "GDAL_CACHEMAX": str(args.gdal_cachemax)}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=100_000, help="locations")
+    p.add_argument("--n-small", type=int, default=10_000, help="locations for the memory comparison")
+    p.add_argument("--size", type=int, default=10_000, help="raster width = height in pixels")
+    p.add_argument("--chip", type=int, default=16)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--chunk-size", type=int, default=2048)
+    p.add_argument("--resampling", choices=["nearest", "bilinear"], default=None,
+                   help="default: the config default (bilinear)")
+    p.add_argument("--gdal-cachemax", type=int, default=256, help="GDAL block cache (MB) in the runs")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=["build", "extract"], default="build", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    path = make_raster(args.size)
+    io, io_cpu = min(read_all(path, args.workers) for _ in range(2))
+    print(f"raster {args.size} x {args.size} x 3 uint8, tiled 512, deflate; {args.workers} threads; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"read whole raster once (I/O bound): {io:.2f} s wall, {io_cpu:.2f} s CPU")
+    ext = spawn(args, args.n, "extract")
+    build = spawn(args, args.n, "build")
+    small = spawn(args, args.n_small, "build")
+    px = args.n * args.chip * args.chip
+    rs = args.resampling or "bilinear"
+    print(f"extract_chips over all chunks, {args.n} locations (chip {args.chip}, {rs}, chunk "
+          f"{args.chunk_size}): {ext['seconds']:.2f} s wall = {ext['seconds'] / io:.2f} x I/O bound; "
+          f"{ext['cpu']:.2f} s CPU = {ext['cpu'] / io_cpu:.2f} x ({px / ext['seconds'] / 1e6:.1f} M chip px/s)")
+    print(f"build_raster_view end to end, {args.n} locations: {build['seconds']:.2f} s wall = "
+          f"{build['seconds'] / io:.2f} x I/O bound; {build['cpu']:.2f} s CPU = {build['cpu'] / io_cpu:.2f} x; "
+          f"valid {build['valid']}/{args.n}")
+    print(f"peak RSS build (GDAL_CACHEMAX={args.gdal_cachemax} MB): {small['peak_rss_mb']:.0f} MB for "
+          f"{args.n_small} locations, {build['peak_rss_mb']:.0f} MB for {args.n} locations; "
+          f"RSS before building {build['rss_before_mb']:.0f} MB; extract alone peak {ext['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
