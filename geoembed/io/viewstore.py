@@ -46,14 +46,21 @@ class ArraySpec:
 
 
 def channel_moments(arr: np.ndarray, rows: np.ndarray) -> dict:
-    """Per-channel (axis 1) count, sum and sum of squares over ``rows``, ignoring NaN."""
-    a = np.asarray(arr)[rows]
-    if a.ndim == 1:
-        a = a[:, None]
-    a = np.moveaxis(a.astype(np.float64, copy=False), 1, 0).reshape(a.shape[1], -1)
+    """Per-channel (axis 1) count, sum and sum of squares over ``rows``, ignoring NaN.
+
+    Sums accumulate in float64 without materialising a float64 copy of the chunk.
+    """
+    a = np.asarray(arr)
+    rows = np.asarray(rows, dtype=bool)
+    if not rows.all():
+        a = a[rows]
+    a = a.reshape(a.shape[0], a.shape[1], -1) if a.ndim > 1 else a.reshape(a.shape[0], 1, 1)
     finite = np.isfinite(a)
-    z = np.where(finite, a, 0.0)
-    return {"count": finite.sum(1).tolist(), "sum": z.sum(1).tolist(), "sumsq": (z * z).sum(1).tolist()}
+    count = finite.sum(axis=(0, 2))
+    z = a if count.sum() == a.size else np.where(finite, a, 0)
+    s = z.sum(axis=(0, 2), dtype=np.float64)
+    ss = np.einsum("ijk,ijk->j", z, z, dtype=np.float64)
+    return {"count": count.tolist(), "sum": s.tolist(), "sumsq": ss.tolist()}
 
 
 def _combine_moments(parts: list[dict]) -> dict:
@@ -165,17 +172,24 @@ class ViewStore:
             "build_fingerprint": build_fingerprint,
             "complete": False,
         }
+        from zarr.codecs import BloscCodec
+
+        # lz4 + byte shuffle: about 4x faster to write than zarr's default zstd, nearly as compact.
+        codec = [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
         with atomic_path(path) as tmp:
             tmp.mkdir(parents=True)
             g = zarr.open_group(str(tmp / "store.zarr"), mode="w")
-            ids = g.create_array("location_id", shape=(n,), chunks=(chunk_rows,), dtype="int64")
+            ids = g.create_array("location_id", shape=(n,), chunks=(chunk_rows,), dtype="int64",
+                                 compressors=codec)
             ids[:] = location_ids
-            g.create_array("valid", shape=(n,), chunks=(chunk_rows,), dtype="bool", fill_value=False)
+            g.create_array("valid", shape=(n,), chunks=(chunk_rows,), dtype="bool", fill_value=False,
+                           compressors=codec)
             g.create_array("valid_fraction", shape=(n,), chunks=(chunk_rows,), dtype="float32",
-                           fill_value=0.0)
+                           fill_value=0.0, compressors=codec)
             for name, spec in arrays.items():
                 g.create_array(name, shape=(n, *spec.shape), chunks=(chunk_rows, *spec.shape),
-                               dtype=spec.dtype, fill_value=np.nan if "float" in spec.dtype else 0)
+                               dtype=spec.dtype, fill_value=np.nan if "float" in spec.dtype else 0,
+                               compressors=codec)
             (tmp / "_chunks").mkdir()
             atomic_write_json(tmp / "meta.json", meta)
         return cls(path, meta)
