@@ -1,9 +1,187 @@
-"""Configuration of the evaluation stage (placeholder until it lands)."""
+"""Configuration of the evaluation stage: the ``evaluate:`` section of a geoembed config.
+
+A minimal section::
+
+    evaluate:
+      table: policies.parquet        # CSV / Parquet / GeoParquet, relative to the config file
+      target: claims
+      exposure: years                # optional; an offset log(exposure) (log link only)
+      family: poisson
+      features: [none, coords, embeddings]
+      models: [glm, gam, gbm]
+      split: {kind: spatial_block, n_folds: 5, block_method: grid, block_size_m: 2000}
+"""
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field, model_validator
+
 from geoembed.config.base import Section
+
+Family = Literal["poisson", "gamma", "tweedie", "gaussian", "binomial"]
+Link = Literal["log", "identity", "logit"]
+FeatureSet = Literal["none", "coords", "embeddings", "both"]
+ModelName = Literal["glm", "gam", "gbm"]
+
+#: Links each family accepts; the first is the default.
+FAMILY_LINKS: dict[str, tuple[str, ...]] = {
+    "poisson": ("log", "identity"),
+    "gamma": ("log", "identity"),
+    "tweedie": ("log",),
+    "gaussian": ("identity", "log"),
+    "binomial": ("logit", "log"),
+}
+
+
+class SplitConfig(Section):
+    """How rows are assigned to cross-validation folds.
+
+    ``kind``:
+      - ``random``: random K-fold over rows;
+      - ``spatial_block``: rows grouped into spatial blocks (``block_method``: a square ``grid`` of
+        ``block_size_m`` metres in a local equal-area projection, the ``h3`` parent cell at
+        ``h3_resolution``, or ``kmeans`` of projected coordinates into ``n_blocks`` clusters, or an existing
+        ``block_column``); whole blocks are assigned to K folds, so a block never straddles train and test;
+      - ``leave_region_out``: each value of ``region_column`` is a fold (or only the ``holdout_regions``
+        values form the single test fold); or the rows inside ``bbox`` (min_lon, min_lat, max_lon, max_lat)
+        or inside the polygon(s) of the vector file ``polygon`` (or the ``wkt`` geometry) form the test fold.
+    """
+
+    kind: Literal["random", "spatial_block", "leave_region_out"] = "spatial_block"
+    n_folds: int = Field(5, ge=2)
+    block_method: Literal["grid", "h3", "kmeans", "column"] = "grid"
+    block_size_m: float = Field(2000.0, gt=0)
+    h3_resolution: int = Field(7, ge=0, le=15)
+    n_blocks: int | None = Field(None, ge=2)
+    block_column: str | None = None
+    region_column: str | None = None
+    holdout_regions: list[str | int] | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    polygon: str | None = None
+    wkt: str | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.kind == "spatial_block" and self.block_method == "column" and not self.block_column:
+            raise ValueError("split.block_method 'column' needs split.block_column")
+        if self.kind == "leave_region_out":
+            given = [k for k in ("region_column", "bbox", "polygon", "wkt") if getattr(self, k) is not None]
+            if len(given) != 1:
+                raise ValueError("split.kind 'leave_region_out' needs exactly one of split.region_column, "
+                                 f"split.bbox, split.polygon, split.wkt (got {given or 'none'})")
+        if self.holdout_regions is not None and self.region_column is None:
+            raise ValueError("split.holdout_regions needs split.region_column")
+        if self.bbox is not None and not (self.bbox[0] < self.bbox[2] and self.bbox[1] < self.bbox[3]):
+            raise ValueError(f"split.bbox must be (min_lon, min_lat, max_lon, max_lat), got {self.bbox}")
+        return self
+
+
+class GLMConfig(Section):
+    """statsmodels GLM. ``ridge`` > 0 adds an L2 penalty (on standardised columns, not the intercept)."""
+
+    ridge: float = Field(0.0, ge=0)
+    maxiter: int = Field(100, ge=1)
+
+
+class GAMConfig(Section):
+    """statsmodels GLMGam with B-splines.
+
+    One penalised cubic B-spline smooth (``df`` basis functions) per embedding component; a tensor-product
+    smooth of lon/lat (``tensor_df`` x ``tensor_df`` basis) for coordinates. Each smooth's penalty is scaled
+    so that ``alpha`` = 1 balances it against its share of the Fisher information; ``alpha`` (one multiplier
+    for all smooths) is chosen from ``alpha_grid`` on the training fold by UBRE (Poisson, binomial) or GCV
+    (other families), unless ``alpha`` is given. ``shrinkage`` adds a small ridge to each smooth's penalty
+    so that the smooth's linear part is penalised too (mgcv's shrinkage smoothers).
+    """
+
+    df: int = Field(6, ge=4)
+    degree: int = Field(3, ge=1, le=5)
+    tensor_df: int = Field(6, ge=4)
+    alpha: float | None = Field(None, gt=0)
+    alpha_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    shrinkage: float = Field(0.1, ge=0)
+    maxiter: int = Field(100, ge=1)
+
+
+class GBMConfig(Section):
+    """LightGBM with the family's objective; exposure enters through ``init_score``.
+
+    With ``early_stopping`` the number of rounds is chosen by inner ``inner_folds``-fold cross-validation of
+    the training fold (whole spatial blocks when the split has blocks): the median of the inner folds' best
+    iterations; the model is then refitted on the whole training fold with that many rounds. Without it,
+    ``num_boost_round`` rounds are used.
+    """
+
+    num_boost_round: int = Field(1000, ge=1)
+    learning_rate: float = Field(0.05, gt=0)
+    num_leaves: int = Field(15, ge=2)
+    min_data_in_leaf: int = Field(20, ge=1)
+    feature_fraction: float = Field(1.0, gt=0, le=1)
+    lambda_l2: float = Field(0.0, ge=0)
+    early_stopping: bool = True
+    early_stopping_rounds: int = Field(50, ge=1)
+    inner_folds: int = Field(3, ge=2)
+    num_threads: int = Field(1, ge=1)
+    params: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
 
 class EvaluateConfig(Section):
-    """Placeholder: replaced by the evaluation stage's full section."""
+    """What ``geoembed evaluate`` compares: models x spatial feature sets under one split scheme.
+
+    ``table`` is required by the command; library calls that pass a DataFrame may leave it unset.
+    ``output`` is the report folder (default ``<workdir>/evaluation``).
+    """
+
+    table: str | None = None
+    target: str
+    exposure: str | None = None
+    covariates: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+    lon_col: str = "lon"
+    lat_col: str = "lat"
+    family: Family = "poisson"
+    link: Link | None = None
+    tweedie_power: float = Field(1.5, gt=1, lt=2)
+    features: list[FeatureSet] = Field(default_factory=lambda: ["none", "coords", "embeddings"])
+    models: list[ModelName] = Field(default_factory=lambda: ["glm", "gam", "gbm"])
+    embedding_prefix: str = "emb_"
+    bundle: str | None = None
+    output: str | None = None
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    glm: GLMConfig = Field(default_factory=GLMConfig)
+    gam: GAMConfig = Field(default_factory=GAMConfig)
+    gbm: GBMConfig = Field(default_factory=GBMConfig)
+    figures: bool = True
+    grid_size: int = Field(80, ge=10, le=400)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        allowed = FAMILY_LINKS[self.family]
+        if self.link is not None and self.link not in allowed:
+            raise ValueError(f"evaluate.link {self.link!r} is not supported with evaluate.family "
+                             f"{self.family!r}; use one of {list(allowed)}")
+        if self.exposure is not None and self.resolved_link != "log":
+            raise ValueError(f"evaluate.exposure enters as an offset log(exposure) and needs the log link; "
+                             f"evaluate.link is {self.resolved_link!r}")
+        if not self.features:
+            raise ValueError("evaluate.features must name at least one of none, coords, embeddings, both")
+        if not self.models:
+            raise ValueError("evaluate.models must name at least one of glm, gam, gbm")
+        for key in ("features", "models", "covariates", "categorical"):
+            vals = getattr(self, key)
+            dup = sorted({v for v in vals if vals.count(v) > 1})
+            if dup:
+                raise ValueError(f"evaluate.{key} repeats {dup}")
+        both = set(self.covariates) & set(self.categorical)
+        if both:
+            raise ValueError(f"columns {sorted(both)} are in both evaluate.covariates and evaluate.categorical")
+        return self
+
+    @property
+    def resolved_link(self) -> str:
+        """The link in use: ``link`` or the family's default."""
+        return self.link or FAMILY_LINKS[self.family][0]

@@ -1,0 +1,408 @@
+"""The evaluation loop: models x spatial feature sets x folds, scored against the exposure-only model."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from geoembed.config.evaluate import EvaluateConfig
+from geoembed.errors import ConfigError, GeoembedError, InputError
+from geoembed.evaluate import metrics as M
+from geoembed.evaluate.models import Design, ModelFitError, make_model, null_predict
+from geoembed.evaluate.splits import assign_folds, inner_folds
+
+log = logging.getLogger(__name__)
+
+FEATURE_SETS = ("none", "coords", "embeddings", "both")
+
+
+@dataclass
+class EvaluationResult:
+    """Everything one evaluation produced.
+
+    ``records``: one row per model x features x fold plus a ``pooled`` row (see :func:`evaluate`).
+    ``predictions``: out-of-fold predictions, one row per tested row, columns ``row`` (position in the
+    table), ``fold``, ``y``, ``exposure``, ``null`` (exposure-only prediction) and ``<model>:<features>``.
+    ``table``: the table as evaluated (embedding columns added when an embedder was used).
+    """
+
+    records: pd.DataFrame
+    predictions: pd.DataFrame
+    table: pd.DataFrame
+    folds: np.ndarray
+    blocks: np.ndarray | None
+    embedding_columns: list[str]
+    bundle_fingerprint: str | None = None
+    info: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- input
+
+
+def read_table(path: str | Path, lon_col: str = "lon", lat_col: str = "lat") -> pd.DataFrame:
+    """Read a CSV, Parquet or GeoParquet table.
+
+    For GeoParquet (or a .gpkg / .shp / .geojson vector file), when ``lon_col`` / ``lat_col`` are not
+    columns they are filled from the geometry in EPSG:4326 (points as they are, other shapes by their
+    centroid computed in a local equal-area projection); the geometry column is dropped.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"evaluate.table: {p} does not exist")
+    name = p.name.lower()
+    suffix = p.suffix.lower()
+    try:
+        if suffix in (".csv", ".txt") or name.endswith(".csv.gz"):
+            return pd.read_csv(p)
+        if suffix in (".parquet", ".geoparquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            meta = pq.read_schema(p).metadata or {}
+            if b"geo" not in meta:
+                return pd.read_parquet(p)
+            import geopandas as gpd
+
+            return _with_lonlat(gpd.read_parquet(p), lon_col, lat_col)
+        if suffix in (".gpkg", ".shp", ".geojson", ".fgb"):
+            import geopandas as gpd
+
+            return _with_lonlat(gpd.read_file(p), lon_col, lat_col)
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(f"evaluate.table: cannot read {p}: {err}") from None
+    raise InputError(f"evaluate.table: {p} has an unsupported extension {suffix!r} "
+                     "(use .csv, .parquet/GeoParquet, .gpkg, .shp or .geojson)")
+
+
+def _with_lonlat(gdf, lon_col: str, lat_col: str) -> pd.DataFrame:
+    """A plain DataFrame with lon/lat columns taken from the geometry when missing."""
+    df = pd.DataFrame(gdf.drop(columns=gdf.geometry.name))
+    if lon_col in df.columns and lat_col in df.columns:
+        return df
+    if gdf.crs is None:
+        raise InputError("evaluate.table: the geometry has no CRS; cannot derive lon/lat")
+    geom = gdf.geometry
+    if not (geom.geom_type == "Point").all():
+        g4326 = geom.to_crs("EPSG:4326")
+        b = g4326.total_bounds
+        lon0, lat0 = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
+        laea = f"+proj=laea +lat_0={lat0:.6f} +lon_0={lon0:.6f} +ellps=WGS84 +units=m +no_defs"
+        geom = geom.to_crs(laea).centroid
+    pts = geom.to_crs("EPSG:4326")
+    df[lon_col] = pts.x.to_numpy()
+    df[lat_col] = pts.y.to_numpy()
+    return df
+
+
+def embedding_columns(table: pd.DataFrame, prefix: str = "emb_") -> list[str]:
+    """The table's embedding columns ``<prefix><int>``, in numeric order."""
+    cols = [c for c in table.columns if isinstance(c, str) and c.startswith(prefix)
+            and c[len(prefix):].isdigit()]
+    return sorted(cols, key=lambda c: int(c[len(prefix):]))
+
+
+def embedder_fingerprint(embedder, bundle: str | None = None) -> str | None:
+    """The bundle fingerprint an embedder reports (or of the bundle folder's files), else None."""
+    for attr in ("bundle_fingerprint_", "bundle_fingerprint", "fingerprint_", "fingerprint"):
+        val = getattr(embedder, attr, None) if embedder is not None else None
+        if isinstance(val, str):
+            return val
+    if bundle:
+        from geoembed.io.atomic import file_fingerprint, text_fingerprint
+
+        p = Path(bundle)
+        files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
+        if files:
+            return text_fingerprint({f.name: file_fingerprint(f) for f in files})
+    return None
+
+
+def make_embedder(cfg: EvaluateConfig):
+    """A ``geoembed.enrich.LocationEmbedder`` for ``cfg.bundle`` (imported lazily)."""
+    try:
+        from geoembed.enrich import LocationEmbedder
+    except ImportError as err:
+        raise ConfigError(f"evaluate.bundle is set but geoembed.enrich.LocationEmbedder is unavailable: {err}; "
+                          "enrich the table first (emb_* columns) and drop evaluate.bundle") from None
+    return LocationEmbedder(bundle=cfg.bundle, lon_col=cfg.lon_col, lat_col=cfg.lat_col)
+
+
+def _is_fitted(obj) -> bool:
+    """scikit-learn's convention: ``__sklearn_is_fitted__()``, else any public attribute ending in '_'."""
+    probe = getattr(obj, "__sklearn_is_fitted__", None)
+    if callable(probe):
+        return bool(probe())
+    return any(k.endswith("_") and not k.startswith("_") for k in vars(obj))
+
+
+def embed(table: pd.DataFrame, embedder, prefix: str = "emb_") -> pd.DataFrame:
+    """The embedder's ``emb_*`` columns for ``table``'s rows (fits the embedder first when it needs it)."""
+    if hasattr(embedder, "fit") and not _is_fitted(embedder):
+        embedder.fit(table)
+    out = embedder.transform(table)
+    if not isinstance(out, pd.DataFrame):
+        arr = np.asarray(out, dtype=float)
+        names = (list(embedder.get_feature_names_out()) if hasattr(embedder, "get_feature_names_out")
+                 else [f"{prefix}{i}" for i in range(arr.shape[1])])
+        out = pd.DataFrame(arr, columns=names, index=table.index)
+    cols = embedding_columns(out, prefix) or [c for c in out.columns if str(c).startswith(prefix)]
+    if not cols:
+        raise InputError(f"the embedder returned no {prefix}* columns (got {list(out.columns)[:8]})")
+    res = out[cols].copy()
+    res.index = table.index
+    return res
+
+
+def _check_numeric(table: pd.DataFrame, col: str, what: str) -> np.ndarray:
+    s = table[col]
+    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
+    bad = np.flatnonzero(~np.isfinite(v))
+    if len(bad):
+        raise InputError(f"{what} column {col!r} has missing or non-numeric values in rows "
+                         f"{_rows(table, ~np.isfinite(v))}")
+    return v
+
+
+def _rows(table: pd.DataFrame, mask: np.ndarray) -> str:
+    """The first offending row numbers (0-based positions in the table), for error messages."""
+    bad = np.flatnonzero(mask)
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return ", ".join(str(r) for r in bad[:5]) + more + " (0-based)"
+
+
+def validate_table(table: pd.DataFrame, cfg: EvaluateConfig, needs_coords: bool) -> None:
+    """Check columns and values; InputError naming the column and rows at fault."""
+    need = {"evaluate.target": [cfg.target], "evaluate.covariates": cfg.covariates,
+            "evaluate.categorical": cfg.categorical}
+    if cfg.exposure:
+        need["evaluate.exposure"] = [cfg.exposure]
+    if needs_coords:
+        need["evaluate.lon_col/lat_col"] = [cfg.lon_col, cfg.lat_col]
+    missing = {k: [c for c in cols if c not in table.columns] for k, cols in need.items()}
+    missing = {k: v for k, v in missing.items() if v}
+    if missing:
+        desc = "; ".join(f"{k}: {v}" for k, v in missing.items())
+        raise InputError(f"the table lacks column(s) {desc} (it has {list(table.columns)[:20]})")
+    if len(table) < 2:
+        raise InputError(f"the table has {len(table)} row(s); need at least 2 per fold")
+    y = _check_numeric(table, cfg.target, "target")
+    fam = cfg.family
+    if fam in ("poisson", "tweedie") and (y < 0).any():
+        raise InputError(f"target {cfg.target!r} must be >= 0 for family {fam!r}; "
+                         f"negative in rows {_rows(table, y < 0)}")
+    if fam == "gamma" and (y <= 0).any():
+        raise InputError(f"target {cfg.target!r} must be > 0 for family 'gamma'; "
+                         f"non-positive in rows {_rows(table, y <= 0)}")
+    if fam == "binomial" and not np.isin(y, (0.0, 1.0)).all():
+        raise InputError(f"target {cfg.target!r} must be 0 or 1 for family 'binomial'; "
+                         f"other values in rows {_rows(table, ~np.isin(y, (0.0, 1.0)))}")
+    if cfg.exposure:
+        e = _check_numeric(table, cfg.exposure, "exposure")
+        if (e <= 0).any():
+            raise InputError(f"exposure {cfg.exposure!r} must be > 0; non-positive in rows {_rows(table, e <= 0)}")
+    for c in cfg.covariates:
+        _check_numeric(table, c, "covariate")
+    for c in cfg.categorical:
+        if table[c].isna().any():
+            raise InputError(f"categorical column {c!r} has missing values in rows {_rows(table, table[c].isna().to_numpy())}")
+    if needs_coords:
+        lon = _check_numeric(table, cfg.lon_col, "longitude")
+        lat = _check_numeric(table, cfg.lat_col, "latitude")
+        bad = (np.abs(lon) > 180) | (np.abs(lat) > 90)
+        if bad.any():
+            raise InputError(f"coordinates out of range (lon in [-180, 180], lat in [-90, 90]; "
+                             f"columns {cfg.lon_col!r}/{cfg.lat_col!r}) in rows {_rows(table, bad)}")
+
+
+def design_for(features: str, cfg: EvaluateConfig, emb_cols: list[str]) -> Design:
+    """The column roles of one feature set (base covariates always included)."""
+    coords = (cfg.lon_col, cfg.lat_col) if features in ("coords", "both") else None
+    embs = list(emb_cols) if features in ("embeddings", "both") else []
+    return Design(numeric=list(cfg.covariates), categorical=list(cfg.categorical), coords=coords,
+                  embeddings=embs)
+
+
+def split_label(cfg: EvaluateConfig) -> str:
+    """A short description of the split scheme, e.g. ``spatial_block(grid 2000 m, 5 folds)``."""
+    s = cfg.split
+    if s.kind == "random":
+        return f"random({s.n_folds} folds)"
+    if s.kind == "spatial_block":
+        how = {"grid": f"grid {s.block_size_m:g} m", "h3": f"h3 res {s.h3_resolution}",
+               "kmeans": f"kmeans {s.n_blocks or 4 * s.n_folds}", "column": f"column {s.block_column}"}
+        return f"spatial_block({how[s.block_method]}, {s.n_folds} folds)"
+    what = (f"column {s.region_column}" if s.region_column else "bbox" if s.bbox else "polygon")
+    return f"leave_region_out({what})"
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
+                   progress: bool = False) -> EvaluationResult:
+    """Cross-validate every model x feature set of ``cfg`` on ``table``.
+
+    ``embedder``: an object with ``transform(table) -> emb_* columns`` (e.g. a fitted
+    ``geoembed.enrich.LocationEmbedder``); when given (or when ``cfg.bundle`` is set) its columns replace
+    any ``emb_*`` columns of the table. Otherwise feature sets with embeddings use the table's columns.
+    """
+    t0 = time.perf_counter()
+    table = table.reset_index(drop=True)
+    feats = list(cfg.features)
+    uses_emb = any(f in ("embeddings", "both") for f in feats)
+    if embedder is None and cfg.bundle and uses_emb:
+        embedder = make_embedder(cfg)
+    needs_coords = (any(f in ("coords", "both") for f in feats) or cfg.split.kind != "random"
+                    or embedder is not None)
+    validate_table(table, cfg, needs_coords)
+    num = [cfg.target, *([cfg.exposure] if cfg.exposure else []), *cfg.covariates,
+           *([cfg.lon_col, cfg.lat_col] if needs_coords else [])]
+    table = table.assign(**{c: pd.to_numeric(table[c]).astype(float) for c in dict.fromkeys(num)})
+    fingerprint = None
+    if embedder is not None and uses_emb:
+        emb = embed(table, embedder, cfg.embedding_prefix)
+        old = embedding_columns(table, cfg.embedding_prefix)
+        if old:
+            log.warning("replacing the table's %d %s* columns by the bundle's embeddings", len(old),
+                        cfg.embedding_prefix)
+        table = pd.concat([table.drop(columns=old), emb], axis=1)
+        fingerprint = embedder_fingerprint(embedder, cfg.bundle)
+    emb_cols = embedding_columns(table, cfg.embedding_prefix) if uses_emb else []
+    if uses_emb and not emb_cols:
+        raise InputError(f"features {[f for f in feats if f in ('embeddings', 'both')]} need embedding columns, "
+                         f"but the table has no {cfg.embedding_prefix}<k> columns and evaluate.bundle is not set")
+    if emb_cols:
+        table = table.assign(**{c: _check_numeric(table, c, "embedding") for c in emb_cols})
+
+    y = table[cfg.target].to_numpy(float)
+    expo = table[cfg.exposure].to_numpy(float) if cfg.exposure else None
+    offset = np.log(expo) if expo is not None else None
+    link = cfg.resolved_link
+    fold, blocks = assign_folds(table, cfg.split, cfg.lon_col, cfg.lat_col)
+    fold_ids = np.unique(fold[fold >= 0])
+    label = split_label(cfg)
+    model_cfgs = {"glm": cfg.glm, "gam": cfg.gam, "gbm": cfg.gbm}
+    combos = [(m, f) for f in feats for m in cfg.models]
+
+    tested = np.flatnonzero(fold >= 0)
+    preds = pd.DataFrame({"row": tested, "fold": fold[tested], "y": y[tested]})
+    preds["exposure"] = expo[tested] if expo is not None else 1.0
+    oof = {f"{m}:{f}": np.full(len(tested), np.nan) for m, f in combos}
+    oof_null = np.full(len(tested), np.nan)
+    records: list[dict] = []
+    bar = _progress(len(fold_ids) * len(combos), progress)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        for f_id in fold_ids:
+            tr = np.flatnonzero(fold != f_id)
+            te = np.flatnonzero(fold == f_id)
+            if len(tr) == 0 or len(te) == 0:
+                raise InputError(f"fold {int(f_id)} is empty ({len(tr)} training, {len(te)} test rows)")
+            o_tr = offset[tr] if offset is not None else None
+            o_te = offset[te] if offset is not None else None
+            e_te = expo[te] if expo is not None else None
+            mu0 = null_predict(y[tr], o_tr, o_te if o_te is not None else np.zeros(len(te)),
+                               cfg.family, link, cfg.tweedie_power)
+            idx = np.searchsorted(tested, te)  # positions of this fold's rows among the tested rows
+            oof_null[idx] = mu0
+            inner = inner_folds(tr, blocks, cfg.gbm.inner_folds, cfg.seed + int(f_id))
+            Xtr, Xte = table.iloc[tr], table.iloc[te]
+            for m, f in combos:
+                ts = time.perf_counter()
+                model = make_model(m, design_for(f, cfg, emb_cols), cfg.family, link, cfg.tweedie_power,
+                                   cfg=model_cfgs[m], seed=cfg.seed)
+                try:
+                    model.fit(Xtr, y[tr], o_tr, inner)
+                    mu = model.predict(Xte, o_te)
+                except ModelFitError as err:
+                    raise ModelFitError(f"{m} on features {f!r}, fold {int(f_id)}: {err}") from None
+                except Exception as err:  # numerical failures become one clear message; bugs propagate
+                    if isinstance(err, GeoembedError) or not (
+                            isinstance(err, np.linalg.LinAlgError | FloatingPointError | ValueError | RuntimeError)
+                            or type(err).__name__ == "LightGBMError"):
+                        raise
+                    raise ModelFitError(f"{m} on features {f!r}, fold {int(f_id)} failed: "
+                                        f"{type(err).__name__}: {err}") from err
+                if not np.all(np.isfinite(mu)):
+                    raise ModelFitError(f"{m} on features {f!r}, fold {int(f_id)}: non-finite predictions "
+                                        f"(link {link!r} may give invalid means; try the log link)")
+                oof[f"{m}:{f}"][idx] = mu
+                rec = {"model": m, "features": f, "split": label, "fold": int(f_id),
+                       **M.score(y[te], mu, mu0, cfg.family, cfg.tweedie_power, e_te),
+                       "n_train": int(len(tr)), "n_test": int(len(te)),
+                       "family": cfg.family, "link": link if m != "gbm" else model.gbm_link,
+                       "fit_seconds": round(time.perf_counter() - ts, 3), "info": dict(model.info)}
+                records.append(rec)
+                bar.update(1)
+    bar.close()
+
+    e_all = preds["exposure"].to_numpy() if expo is not None else None
+    for m, f in combos:
+        mu = oof[f"{m}:{f}"]
+        preds[f"{m}:{f}"] = mu
+        fold_recs = [r for r in records if r["model"] == m and r["features"] == f]
+        rec = {"model": m, "features": f, "split": label, "fold": "pooled",
+               **M.score(y[tested], mu, oof_null, cfg.family, cfg.tweedie_power, e_all),
+               "n_train": int(np.mean([r["n_train"] for r in fold_recs])), "n_test": int(len(tested)),
+               "family": cfg.family, "link": fold_recs[0]["link"],
+               "fit_seconds": round(sum(r["fit_seconds"] for r in fold_recs), 3),
+               "ae_by_decile": [None if not np.isfinite(v) else float(v)
+                                for v in M.actual_expected_by_decile(y[tested], mu, e_all)],
+               "deviance_ratio_folds_mean": float(np.mean([r["deviance_ratio"] for r in fold_recs])),
+               "deviance_ratio_folds_sd": float(np.std([r["deviance_ratio"] for r in fold_recs]))}
+        records.append(rec)
+    preds["null"] = oof_null
+    for r in records:
+        r["n_folds"] = len(fold_ids)
+        if fingerprint:
+            r["bundle_fingerprint"] = fingerprint
+    recs = pd.DataFrame.from_records(records)
+    log.info("evaluated %d model x feature combinations on %d folds in %.1f s", len(combos), len(fold_ids),
+             time.perf_counter() - t0)
+    return EvaluationResult(records=recs, predictions=preds, table=table, folds=fold, blocks=blocks,
+                            embedding_columns=emb_cols, bundle_fingerprint=fingerprint,
+                            info={"seconds": time.perf_counter() - t0, "split": label})
+
+
+def evaluate(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None, progress: bool = False) -> pd.DataFrame:
+    """Cross-validated comparison; returns the records (one per model x features x fold, plus pooled).
+
+    Each record holds ``model``, ``features``, ``split``, ``fold`` (int or ``"pooled"``), ``deviance``,
+    ``null_deviance`` (exposure-only model fitted on the same training fold), ``deviance_ratio``, ``rmse``,
+    ``mae``, ``gini``, ``gini_normalized``, ``n_train``, ``n_test``, ``family``, ``link``, ``n_folds``,
+    ``fit_seconds``, ``info`` (model details: GAM alpha/edf, GBM rounds); ``bundle_fingerprint`` when a
+    bundle was used. Pooled records score all out-of-fold predictions together (their deviance is the sum
+    over folds, n_train the mean training size) and add ``ae_by_decile`` and the fold mean / sd of the
+    deviance ratio. See :func:`run_evaluation`.
+    """
+    return run_evaluation(table, cfg, embedder, progress).records
+
+
+def summary_table(records: pd.DataFrame) -> pd.DataFrame:
+    """Pooled rows only, one per model x features, with the headline metrics."""
+    pooled = records[records["fold"].astype(str) == "pooled"]
+    cols = ["model", "features", "deviance_ratio", "deviance", "rmse", "mae", "gini", "n_test"]
+    return pooled[cols].reset_index(drop=True)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="evaluate", unit="fit")
