@@ -101,7 +101,7 @@ class GAMConfig(Section):
     degree: int = Field(3, ge=1, le=5)
     tensor_df: int = Field(6, ge=4)
     alpha: float | None = Field(None, gt=0)
-    alpha_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0])
+    alpha_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0])
     shrinkage: float = Field(0.1, ge=0)
     maxiter: int = Field(100, ge=1)
 

@@ -406,10 +406,14 @@ class GAMModel(RiskModel):
             out.append(_Smooth(list(d.coords), c.tensor_df, c.degree))
         return out
 
-    def _criterion(self, dev: float, edf: float, n: int) -> float:
-        """UBRE (D + 2 edf) for Poisson / binomial (scale 1), GCV n D / (n - edf)^2 otherwise."""
+    def _criterion(self, dev: float, edf: float, n: int, scale: float = 1.0) -> float:
+        """UBRE (D + 2 scale edf) for Poisson / binomial, GCV n D / (n - edf)^2 otherwise.
+
+        ``scale`` is the dispersion: 1 for data that follow the family, the Pearson estimate when the
+        data are overdispersed (with scale 1, UBRE on overdispersed counts always picks the wiggliest fit).
+        """
         if self.family in ("poisson", "binomial"):
-            return dev + 2.0 * edf
+            return dev + 2.0 * scale * edf
         return n * dev / max(n - edf, 1.0) ** 2
 
     def fit(self, X, y, offset=None, inner=None):
@@ -439,7 +443,7 @@ class GAMModel(RiskModel):
             Ss.append(Sj + self.cfg.shrinkage * info / s.dim_basis * np.eye(s.dim_basis))
         S = block_diag(np.zeros((lin.shape[1], lin.shape[1])), *Ss)
         grid = [self.cfg.alpha] if self.cfg.alpha is not None else sorted(self.cfg.alpha_grid, reverse=True)
-        best, start = None, None
+        best, start, scale = None, None, None
         scores = {}
         with threadpool_limits(limits=1, user_api="blas"):
             for a in grid:  # from smooth to wiggly, each warm-started from the previous solution
@@ -449,15 +453,18 @@ class GAMModel(RiskModel):
                     scores[a] = float("inf")
                     continue
                 start = beta
+                if scale is None:  # Pearson dispersion of the smoothest fit, at least 1
+                    pearson = float(np.sum((y - mu) ** 2 / np.maximum(fam.variance(mu), 1e-12)))
+                    scale = max(1.0, pearson / max(len(y) - edf, 1.0))
                 dev = deviance(y, mu, self.family, self.power)
-                scores[a] = self._criterion(dev, edf, len(y))
+                scores[a] = self._criterion(dev, edf, len(y), scale)
                 if best is None or scores[a] < best[0]:
                     best = (scores[a], a, beta, edf)
         if best is None:
             raise ModelFitError(f"GAM fit failed for every alpha in {grid}")
         _, alpha, beta, edf = best
         self.fitted_ = _FittedGAM(prep, smooths, beta, self.link)
-        self.info = {"alpha": float(alpha), "edf": round(float(edf), 2),
+        self.info = {"alpha": float(alpha), "edf": round(float(edf), 2), "scale": scale,
                      "criterion": {str(k): v for k, v in scores.items()}}
         return self
 
