@@ -66,7 +66,7 @@ def run_demo(cfg: Config, overwrite: bool = False) -> dict:
     t = _step(1, 4, "build: sample locations, cut Landsat and DEM chips")
     print(format_summary(build(cfg, overwrite=overwrite)), flush=True)
     t = _step(2, 4, f"train: multi-view contrastive model ({time.perf_counter() - t:.0f} s so far in build)")
-    bundle = Path(train(cfg, overwrite=overwrite))
+    bundle = Path(train(cfg, overwrite=overwrite)["bundle"])
     print(f"bundle: {bundle} [{time.perf_counter() - t:.0f} s]", flush=True)
     t = _step(3, 4, "enrich: embeddings for the 470 census-tract centroids")
     tracts_path = workdir / "olinda_tracts.parquet"
