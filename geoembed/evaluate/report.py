@@ -1,7 +1,7 @@
 """The report folder: evaluation.json, report.md, config.yaml (the resolved ``evaluate:`` section) and PNG
 figures, written atomically (temp folder, rename).
 
-Figures (matplotlib, Agg backend):
+Figures (matplotlib's object API: no pyplot state, no backend switch, safe in notebooks):
   - ``embedding_pca_rgb.png``: the first three principal components of the embedding columns, rescaled to
     [0, 1] as RGB; points of the table, or (with an embedder) a regular lon/lat grid over the table's extent;
   - ``spatial_effect.png``: the fitted spatial effect (linear predictor without offset, base covariates at
@@ -173,14 +173,15 @@ def _rgb(emb: np.ndarray, fit_on: np.ndarray) -> np.ndarray:
 
 def figure_pca_rgb(result: EvaluationResult, cfg: EvaluateConfig, path: Path, embedder=None) -> str | None:
     """PC1-3 of the embedding as RGB: points of the table, or a regular grid with an embedder."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     cols = result.embedding_columns
     if not cols:
         return "embedding PCA map skipped: no embedding columns"
     t = result.table
     E = t[cols].to_numpy(float)
-    fig, ax = plt.subplots(figsize=(6, 5.5))
+    fig = Figure(figsize=(6, 5.5))
+    ax = fig.subplots()
     if embedder is not None:
         grid, ext = _grid(t, cfg.lon_col, cfg.lat_col, cfg.grid_size)
         G = embed(grid, embedder, cfg.embedding_prefix)[cols].to_numpy(float)
@@ -198,17 +199,17 @@ def figure_pca_rgb(result: EvaluationResult, cfg: EvaluateConfig, path: Path, em
     ax.set_ylabel("latitude")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return None
 
 
 def figure_calibration(result: EvaluationResult, cfg: EvaluateConfig, path: Path) -> None:
     """Out-of-fold actual / expected by predicted-rate decile, one panel per feature set."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     p = result.predictions
     feats = list(cfg.features)
-    fig, axes = plt.subplots(1, len(feats), figsize=(4.2 * len(feats), 3.8), squeeze=False, sharey=True)
+    fig = Figure(figsize=(4.2 * len(feats), 3.8))
+    axes = fig.subplots(1, len(feats), squeeze=False, sharey=True)
     e = p["exposure"].to_numpy() if cfg.exposure else None
     for ax, f in zip(axes[0], feats, strict=True):
         for m in cfg.models:
@@ -222,13 +223,12 @@ def figure_calibration(result: EvaluationResult, cfg: EvaluateConfig, path: Path
     axes[0][0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def figure_spatial_effect(result: EvaluationResult, cfg: EvaluateConfig, path: Path,
                           embedder=None) -> list[str]:
     """Fitted spatial effect on a lon/lat grid: each model on coordinates vs on embeddings (refitted on all rows)."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     notes = []
     t = result.table
@@ -264,7 +264,8 @@ def figure_spatial_effect(result: EvaluationResult, cfg: EvaluateConfig, path: P
     vals = np.concatenate([v.ravel() for v in fields.values()])
     lim = float(np.nanpercentile(np.abs(vals), 99)) if np.isfinite(vals).any() else 1.0
     nr, nc = len(feature_sets), len(cfg.models)
-    fig, axes = plt.subplots(nr, nc, figsize=(4.6 * nc, 4.0 * nr), squeeze=False)
+    fig = Figure(figsize=(4.6 * nc, 4.0 * nr))
+    axes = fig.subplots(nr, nc, squeeze=False)
     for j, m in enumerate(cfg.models):
         for i, f in enumerate(feature_sets):
             ax = axes[i][j]
@@ -275,7 +276,6 @@ def figure_spatial_effect(result: EvaluationResult, cfg: EvaluateConfig, path: P
             fig.colorbar(im, ax=ax, shrink=0.8, label="centred linear predictor")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return notes
 
 
@@ -286,9 +286,6 @@ def write_report(result: EvaluationResult | pd.DataFrame, out_dir: str | Path, c
     ``result``: an :class:`EvaluationResult` (figures need it and ``cfg``) or just the records.
     A failed figure is logged and noted in report.md; it does not fail the report.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
     res = result if isinstance(result, EvaluationResult) else None
     records = res.records if res is not None else result
     out_dir = Path(out_dir)
