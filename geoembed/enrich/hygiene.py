@@ -1,0 +1,219 @@
+"""Coordinate hygiene: parse longitude/latitude columns and classify every row as valid or not, and why.
+
+Each row gets a reason code (0 = valid). Codes are checked in this order, the first that applies wins:
+``missing`` (null, NaN, empty text), ``non_numeric`` (text that is not a number), ``infinite``,
+``out_of_range`` (|lon| > 180 or |lat| > 90), ``null_island`` (exactly (0, 0): almost always a
+failed geocode), ``not_point`` (a geometry that is not a single point). Rows are never dropped: the
+caller decides whether invalid rows are an error or get empty embeddings.
+
+A table-level check detects swapped columns: most finite points fall outside the training footprint
+but inside it when longitude and latitude are exchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from geoembed.errors import InputError
+
+OK = 0
+MISSING = 1
+NON_NUMERIC = 2
+INFINITE = 3
+OUT_OF_RANGE = 4
+NULL_ISLAND = 5
+NOT_POINT = 6
+
+REASONS: tuple[str | None, ...] = (
+    None, "missing", "non_numeric", "infinite", "out_of_range", "null_island", "not_point",
+)
+
+# Text that means "no value" in a coordinate column (compared case-insensitively, after stripping).
+_NULL_TEXT = {"", "na", "n/a", "nan", "null", "none", "-nan", "#n/a", "-"}
+
+
+def parse_numeric(values) -> tuple[np.ndarray, np.ndarray]:
+    """Parse one coordinate column to float64 with a per-row reason code.
+
+    Accepts a pyarrow Array/ChunkedArray, a pandas Series or a numpy array (numeric, text or object).
+    Returns ``(values, codes)``: ``values`` is float64 (NaN where unparseable), ``codes`` uint8 with
+    MISSING, NON_NUMERIC or INFINITE (or OK). Range checks are done by :func:`classify`.
+    Raises InputError for a column type that cannot hold coordinates (dates, nested values, ...).
+    """
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pyarrow is a core dependency
+        pa = None
+    if pa is not None and isinstance(values, pa.ChunkedArray | pa.Array):
+        return _parse_arrow(values)
+    if isinstance(values, pd.Series | pd.Index):
+        if isinstance(values.dtype, pd.ArrowDtype) or values.dtype == "string" or str(values.dtype) == "str":
+            return _parse_object(values.to_numpy(dtype=object, na_value=None))
+        if pd.api.types.is_bool_dtype(values.dtype) or pd.api.types.is_datetime64_any_dtype(values.dtype):
+            raise InputError(f"a coordinate column has type {values.dtype}, not numeric")
+        if pd.api.types.is_numeric_dtype(values.dtype):
+            arr = values.to_numpy(dtype=np.float64, na_value=np.nan)
+            return arr, _float_codes(arr)
+        values = values.to_numpy(dtype=object)
+    arr = np.asarray(values)
+    if arr.dtype.kind in "fiu":
+        arr = arr.astype(np.float64, copy=False)
+        return arr, _float_codes(arr)
+    if arr.dtype.kind in "OUS":
+        return _parse_object(arr.astype(object, copy=False))
+    raise InputError(f"a coordinate column has type {arr.dtype}, not numeric")
+
+
+def _float_codes(arr: np.ndarray) -> np.ndarray:
+    codes = np.zeros(arr.shape, dtype=np.uint8)
+    codes[np.isnan(arr)] = MISSING
+    codes[np.isinf(arr)] = INFINITE
+    return codes
+
+
+def _parse_object(obj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Parse an object array of numbers, text or None (the slow path: only for text or mixed input)."""
+    ser = pd.Series(obj, dtype=object)
+    null = ser.isna().to_numpy().copy()
+    text = ser.where(null, ser.astype(str)).str.strip()
+    null |= text.str.lower().isin(_NULL_TEXT).to_numpy()
+    out = pd.to_numeric(text.where(~null), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    codes = np.zeros(len(out), dtype=np.uint8)
+    codes[np.isnan(out)] = NON_NUMERIC
+    codes[np.isinf(out)] = INFINITE
+    codes[null] = MISSING
+    return out, codes
+
+
+def _parse_arrow(col) -> tuple[np.ndarray, np.ndarray]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if pa.types.is_dictionary(col.type):
+        col = col.dictionary_decode()
+    t = col.type
+    if pa.types.is_null(t):
+        return np.full(len(col), np.nan), np.full(len(col), MISSING, dtype=np.uint8)
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        arr = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        # Nulls arrive as NaN from to_numpy on a float column: both are "missing".
+        return arr, _float_codes(arr)
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
+        try:
+            arr = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return _parse_object(col.to_numpy(zero_copy_only=False))
+        codes = _float_codes(arr)
+        return arr, codes
+    raise InputError(f"a coordinate column has type {t}, not numeric")
+
+
+def classify(lon: np.ndarray, lat: np.ndarray, lon_codes: np.ndarray, lat_codes: np.ndarray) -> np.ndarray:
+    """Combine per-column parse codes with range and (0, 0) checks into one reason code per row."""
+    codes = np.where(lon_codes != OK, lon_codes, lat_codes).astype(np.uint8)
+    with np.errstate(invalid="ignore"):
+        out = (np.abs(lon) > 180.0) | (np.abs(lat) > 90.0)
+    codes[(codes == OK) & out] = OUT_OF_RANGE
+    codes[(codes == OK) & (lon == 0.0) & (lat == 0.0)] = NULL_ISLAND
+    return codes
+
+
+def reason_names(codes: np.ndarray) -> np.ndarray:
+    """Reason strings (object array, None where valid) for an array of codes."""
+    lut = np.array(REASONS, dtype=object)
+    return lut[codes]
+
+
+@dataclass
+class HygieneReport:
+    """Running counts over a stream of chunks, for the final error message and summary."""
+
+    rows: int = 0
+    invalid: int = 0
+    by_reason: dict[str, int] = field(default_factory=dict)
+    examples: list[tuple[int, str, object, object]] = field(default_factory=list)
+    finite: int = 0
+    inside: int = 0
+    swapped_inside: int = 0
+    max_examples: int = 10
+
+    def add(self, codes: np.ndarray, row_offset: int, lon_raw=None, lat_raw=None) -> None:
+        """Count one chunk's codes; keep the first few bad rows with their raw values."""
+        self.rows += len(codes)
+        bad = np.flatnonzero(codes != OK)
+        if not len(bad):
+            return
+        self.invalid += len(bad)
+        counts = np.bincount(codes[bad], minlength=len(REASONS))
+        for code in np.flatnonzero(counts):
+            name = REASONS[code]
+            self.by_reason[name] = self.by_reason.get(name, 0) + int(counts[code])
+        for i in bad[: max(0, self.max_examples - len(self.examples))]:
+            self.examples.append((row_offset + int(i), REASONS[codes[i]],
+                                  _raw(lon_raw, i), _raw(lat_raw, i)))
+
+    def add_footprint(self, finite: int, inside: int, swapped_inside: int) -> None:
+        """Count how many finite points fall inside the footprint as given and when swapped."""
+        self.finite += finite
+        self.inside += inside
+        self.swapped_inside += swapped_inside
+
+    def looks_swapped(self) -> bool:
+        """Most finite points lie outside the footprint but (at least half) inside it when swapped."""
+        if self.finite == 0:
+            return False
+        frac_swapped = self.swapped_inside / self.finite
+        frac_inside = self.inside / self.finite
+        return frac_swapped >= 0.5 and frac_swapped > 2.0 * frac_inside
+
+    def swapped_message(self, origin: str, lon_col: str, lat_col: str) -> str:
+        return (
+            f"{origin}: longitude and latitude look swapped: {self.finite - self.inside:,} of "
+            f"{self.finite:,} points lie outside the model's training footprint, but "
+            f"{self.swapped_inside:,} would lie inside it with '{lon_col}' and '{lat_col}' exchanged. "
+            f"Check which column holds longitude (x) and which latitude (y); pass --lon-col/--lat-col "
+            f"(or lon_col=/lat_col=) to name them."
+        )
+
+    def invalid_message(self, origin: str, lon_col: str, lat_col: str) -> str:
+        reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.by_reason.items(), key=lambda kv: -kv[1]))
+        lines = [
+            f"{origin}: {self.invalid:,} of {self.rows:,} rows have invalid coordinates ({reasons}); "
+            f"first bad rows (0-based row number, reason, {lon_col}, {lat_col}):"
+        ]
+        for row, reason, lo, la in self.examples:
+            lines.append(f"  row {row}: {reason} ({lon_col}={lo!r}, {lat_col}={la!r})")
+        legend = "; ".join(f"{k} = {_LEGEND[k]}" for k in REASONS[1:] if k in self.by_reason)
+        lines.append(f"Reasons: {legend}.")
+        lines.append("Fix these rows, or pass --on-invalid null (on_invalid='null') to give them empty "
+                     "embeddings and a geoembed_invalid flag.")
+        return "\n".join(lines)
+
+
+_LEGEND = {
+    "missing": "null, NaN or empty",
+    "non_numeric": "text that is not a number",
+    "infinite": "inf or -inf",
+    "out_of_range": "|lon| > 180 or |lat| > 90 degrees",
+    "null_island": "exactly (0, 0), usually a failed geocode",
+    "not_point": "a geometry that is not a single point",
+}
+
+
+def _raw(raw, i):
+    if raw is None:
+        return None
+    try:
+        v = raw[int(i)]
+    except Exception:  # noqa: BLE001 - best effort for the message only
+        return None
+    if hasattr(v, "as_py"):
+        v = v.as_py()
+    if isinstance(v, np.generic):
+        v = v.item()
+    return v

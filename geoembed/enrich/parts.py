@@ -1,0 +1,178 @@
+"""Enrich a folder of Parquet parts on Dask: one task per part, output parts with the same names.
+
+Tasks write into a hidden staging folder ``.OUT.partial/`` beside the target, each part atomically
+and with its own metadata; when every part is there, a ``_geoembed.json`` summary is added and the
+staging folder is renamed to ``OUT``. A failed or killed run therefore leaves no ``OUT`` that looks
+complete (an older ``OUT`` stays untouched), and rerunning the same command skips the parts already
+done (same bundle, same settings, same input file size and time).
+
+The scheduler is a distributed address (``--scheduler`` or env GEOEMBED_SCHEDULER, see
+:func:`geoembed.runtime.scheduler_address`) or, by default, Dask's local threaded scheduler. Workers
+must see the same file system paths (bundle, input and output).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+from geoembed.enrich.core import (
+    DEFAULT_CHUNK_ROWS,
+    DEFAULT_EMBED_BATCH,
+    EnrichSummary,
+    bundle_info,
+    default_workers,
+    enrich_file,
+    list_parts,
+    load_bundle_cached,
+    read_enrich_metadata,
+    torch_threads,
+)
+from geoembed.enrich.reduction import Reduction
+from geoembed.errors import InputError
+from geoembed.io.atomic import atomic_write_json, text_fingerprint
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "_geoembed.json"
+
+
+def _source_stamp(path: Path) -> dict:
+    st = path.stat()
+    return {"name": path.name, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def enrich_part(bundle_path: str, part: str, target: str, job: dict, settings: dict) -> dict:
+    """Dask task: enrich one part into ``target`` (atomically); returns its totals as a dict."""
+    try:  # on a distributed worker, one torch thread per task (the worker runs tasks in parallel)
+        from distributed import get_worker
+
+        get_worker()
+        import torch
+
+        torch.set_num_threads(1)
+    except (ImportError, ValueError):
+        pass
+    part_path = Path(part)
+    s = enrich_file(bundle_path, part_path, target, workers=1,
+                    extra_meta={"job": job, "source": _source_stamp(part_path)}, **settings)
+    return {"rows": s.rows, "invalid": s.invalid, "by_reason": s.by_reason,
+            "out_of_support": s.out_of_support, "max_support_km": s.max_support_km}
+
+
+def _part_done(target: Path, part: Path, job: dict) -> dict | None:
+    """Totals of an already finished part with the same job and source, else None."""
+    if not target.is_file():
+        return None
+    try:
+        meta = read_enrich_metadata(target)
+    except Exception:  # noqa: BLE001 - an unreadable leftover is simply redone
+        return None
+    if meta.get("job") != job or meta.get("source") != _source_stamp(part):
+        return None
+    summary = meta.get("summary") or {}
+    return summary if summary.get("complete") else None
+
+
+def _replace_folder(staging: Path, output: Path) -> None:
+    """Move the finished staging folder onto ``output`` (replacing an earlier enrich output)."""
+    if output.exists():
+        if not output.is_dir():
+            raise InputError(f"output {output} exists and is not a folder")
+        if any(output.iterdir()) and not (output / SUMMARY_FILE).is_file():
+            raise InputError(f"output folder {output} exists and was not written by `geoembed enrich`; "
+                             f"remove it or choose another output")
+        old = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, old)
+        os.replace(staging, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, output)
+
+
+def enrich_directory(bundle_path: str | os.PathLike, input_dir: str | os.PathLike,
+                     output_dir: str | os.PathLike, *, lon_col: str | None = None,
+                     lat_col: str | None = None, on_invalid: str = "error",
+                     chunk_rows: int = DEFAULT_CHUNK_ROWS, reduction: str | os.PathLike | None = None,
+                     embed_batch: int = DEFAULT_EMBED_BATCH, scheduler: str | None = None,
+                     num_workers: int | None = None) -> EnrichSummary:
+    """Enrich every Parquet part of ``input_dir`` into ``output_dir`` with Dask (see module docs)."""
+    from geoembed.runtime import run_tasks, scheduler_address
+
+    t0 = time.perf_counter()
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    parts = list_parts(input_dir)
+    if output_dir.resolve() == input_dir.resolve():
+        raise InputError(f"output folder {output_dir} would overwrite the input parts")
+    if output_dir.exists() and output_dir.is_dir() and any(output_dir.iterdir()) \
+            and not (output_dir / SUMMARY_FILE).is_file():
+        raise InputError(f"output folder {output_dir} exists and was not written by `geoembed enrich`; "
+                         f"remove it or choose another output")
+    bundle = load_bundle_cached(bundle_path)  # fail early, before any task starts
+    red = None
+    if reduction is not None:
+        red = Reduction.load(reduction)
+        red.check_bundle(bundle.fingerprint, int(bundle.embedding_dim), origin=f"reduction {reduction}")
+    job = {"bundle": bundle.fingerprint, "lon_col": lon_col, "lat_col": lat_col, "on_invalid": on_invalid,
+           "reduction": None if red is None else text_fingerprint(red.to_dict())}
+    settings = {"lon_col": lon_col, "lat_col": lat_col, "on_invalid": on_invalid, "chunk_rows": chunk_rows,
+                "reduction": None if reduction is None else str(Path(reduction).resolve()),
+                "embed_batch": embed_batch}
+    staging = output_dir.with_name(f".{output_dir.name}.partial")
+    staging.mkdir(parents=True, exist_ok=True)
+    summary = EnrichSummary(input=str(input_dir), output=str(output_dir), parts=len(parts),
+                            out_of_support_km=float(bundle.out_of_support_km))
+    import dask
+
+    tasks, done = [], 0
+    for part in parts:
+        prev = _part_done(staging / part.name, part, job)
+        if prev is not None:
+            summary.merge(EnrichSummary(input=str(part), output="", rows=prev["rows"],
+                                        invalid=prev["invalid"], by_reason=prev.get("by_reason", {}),
+                                        out_of_support=prev["out_of_support"],
+                                        max_support_km=prev.get("max_support_km", 0.0)))
+            done += 1
+            continue
+        tasks.append(dask.delayed(enrich_part, pure=False)(
+            str(Path(bundle_path).resolve()), str(part.resolve()), str((staging / part.name).resolve()),
+            job, settings, dask_key_name=f"enrich-part-{part.name}"))
+    if done:
+        log.info("%d of %d parts already enriched in %s; skipping them", done, len(parts), staging)
+    address = scheduler_address(scheduler)
+    local = address in (None, "threads", "processes", "synchronous")
+    if local and num_workers is None:
+        num_workers = default_workers()
+    with torch_threads(1 if local else None):
+        results = run_tasks(tasks, scheduler=address, num_workers=num_workers, desc="parts")
+    for res in results:
+        summary.merge(EnrichSummary(input="", output="", **res))
+    missing = [p.name for p in parts if not (staging / p.name).is_file()]
+    if missing:  # pragma: no cover - a task that returned without writing is a bug
+        raise InputError(f"parts {missing[:5]} were not written to {staging}")
+    summary.seconds = time.perf_counter() - t0
+    import geoembed
+
+    atomic_write_json(staging / SUMMARY_FILE, {
+        "geoembed_version": geoembed.__version__, "bundle": bundle_info(bundle), "job": job,
+        "parts": [p.name for p in parts], "rows": summary.rows, "invalid": summary.invalid,
+        "by_reason": summary.by_reason, "out_of_support": summary.out_of_support,
+        "out_of_support_km": summary.out_of_support_km, "complete": True,
+        "input": str(input_dir.resolve()),
+    })
+    _replace_folder(staging, output_dir)
+    summary.seconds = time.perf_counter() - t0
+    log.debug("%s", summary.line())
+    return summary
+
+
+def read_directory_summary(output_dir: str | os.PathLike) -> dict:
+    """The ``_geoembed.json`` of an enriched folder."""
+    p = Path(output_dir) / SUMMARY_FILE
+    if not p.is_file():
+        raise InputError(f"{output_dir} is not a complete `geoembed enrich` output (no {SUMMARY_FILE})")
+    return json.loads(p.read_text())
