@@ -113,9 +113,18 @@ class OsmViewConfig(Section):
     name: str
     source: str = Field(description=".osm.pbf, .osm XML, or GeoParquet of features")
     catalogue: str | None = Field(default=None, description="YAML tag-to-category catalogue (default built in)")
-    h3_resolution: int = Field(default=9, ge=0, le=15)
-    radii_m: list[float] = Field(default_factory=lambda: [250.0, 1000.0])
-    max_distance_m: float = Field(default=5000.0, gt=0)
+    h3_resolution: int = Field(default=9, ge=0, le=15, description="H3 resolution of the 7 x 7 hex tensor")
+    radii_m: list[float] = Field(default_factory=lambda: [250.0, 1000.0], min_length=1,
+                                 description="disk radii (m) of the count / length / area aggregates")
+    max_distance_m: float = Field(default=5000.0, gt=0, description="cap of the nearest-feature distances")
+
+    @model_validator(mode="after")
+    def _radii(self) -> OsmViewConfig:
+        if any(not (0 < r <= 100_000) for r in self.radii_m):
+            raise ValueError(f"radii_m must be in (0, 100000] metres, got {self.radii_m}")
+        if len(set(self.radii_m)) != len(self.radii_m):
+            raise ValueError(f"radii_m repeat: {self.radii_m}")
+        return self
 
 
 ViewConfig = Annotated[RasterViewConfig | OsmViewConfig, Field(discriminator="kind")]

@@ -1,0 +1,420 @@
+"""The OSM view of the build stage: per-location OpenStreetMap features.
+
+For every location the view stores
+
+* ``hex`` (C_hex, 7, 7) float32: the paper's H3 tensor, counts of features of each hex category
+  (default: health, shops, tourism, food_and_drink, education, public_services) per H3 cell of the
+  3-ring disk around the location's cell at ``h3_resolution``, on the 7 x 7 axial layout of
+  :mod:`geoembed.views.osm_geom` (``attrs["hex_mask"]`` marks the 37 cells; the 12 other positions
+  are 0). Lines and polygons count once, at their representative point.
+* ``radius`` (F,) float32: per radius ``r`` in ``radii_m`` and per category, depending on its
+  measures: ``<cat>_count_r<r>`` (features whose representative point is within ``r``),
+  ``<cat>_length_m_r<r>`` (metres of line inside the disk), ``<cat>_area_m2_r<r>`` (square metres of
+  polygon inside the disk) and ``<cat>_share_r<r>`` (that area / disk area; overlapping polygons of
+  one category add up). Names are in ``attrs["radius_features"]``.
+* ``distance`` (K,) float32: metres to the nearest feature of each category (0 inside a polygon),
+  capped at ``max_distance_m``; the cap is also the value when there is none within it.
+
+Geometry is computed in a local metric projection (the UTM zone of the locations). A location is
+``valid`` (valid_fraction 1) when it lies inside the data extent, the convex hull of all features
+read; outside it the source says nothing, so the row is ``valid = False``, ``valid_fraction = 0``
+and its arrays are NaN (never silent zeros).
+
+Radius aggregates are exact (grid prefix sums inside each disk plus closed forms on its rim, see
+:mod:`geoembed.views.osm_geom`); distances are exact too (point features through a KD-tree, other
+geometries through a shapely STRtree nearest query). The hex tensor joins H3 cell ids of features
+and of each location's 37 neighbours with ``np.searchsorted``; H3 calls happen once per distinct
+cell. Sources are local files only (no Overpass): export an extract to .osm.pbf first.
+
+The driver reads, categorises and projects the features once (:func:`prepare_osm`), then Dask
+tasks run the pure per-chunk :func:`compute_osm_chunk` on location chunks and write their rows;
+a rerun computes only chunks without a marker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import shapely
+
+from geoembed.config.build import DaskConfig, OsmViewConfig
+from geoembed.errors import InputError
+from geoembed.io.atomic import file_fingerprint, text_fingerprint
+from geoembed.io.viewstore import ArraySpec, ViewStore
+from geoembed.views.osm_catalogue import Catalogue, load_catalogue
+from geoembed.views.osm_geom import (
+    HEX_MASK,
+    HEX_STENCIL,
+    DiskIndex,
+    h3_cells,
+    hex_tensor,
+    line_segments,
+    polygon_edges,
+    representative_points,
+)
+from geoembed.views.osm_read import read_osm_features
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "HEX_MASK",
+    "HEX_STENCIL",
+    "PreparedOsm",
+    "build_osm_view",
+    "compute_osm_chunk",
+    "metric_crs",
+    "prepare_osm",
+]
+
+VIEW_VERSION = 1
+
+
+def metric_crs(lon: np.ndarray, lat: np.ndarray):
+    """The UTM CRS of the centre of the points' extent (a pyproj CRS)."""
+    from pyproj import CRS
+    from pyproj.aoi import AreaOfInterest
+    from pyproj.database import query_utm_crs_info
+
+    lon = np.asarray(lon, dtype=float)
+    lat = np.asarray(lat, dtype=float)
+    cx, cy = (lon.min() + lon.max()) / 2, (lat.min() + lat.max()) / 2
+    info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(cx, cy, cx, cy))
+    if not info:
+        raise InputError(f"no UTM zone for the point extent centred at lon {cx}, lat {cy}")
+    return CRS.from_epsg(int(info[0].code))
+
+
+@dataclass
+class PreparedOsm:
+    """Categorised, projected features ready for :func:`compute_osm_chunk` (built by :func:`prepare_osm`).
+
+    Holds only arrays and shapely geometries, so the threaded scheduler shares one copy between tasks.
+    """
+
+    catalogue: Catalogue
+    crs_wkt: str
+    h3_resolution: int
+    radii_m: list[float]
+    max_distance_m: float
+    counts: DiskIndex
+    lengths: DiskIndex
+    areas: DiskIndex
+    hex_cells: np.ndarray
+    hex_counts: np.ndarray
+    dist_points: list[np.ndarray]
+    dist_geoms: list[np.ndarray]
+    hull: object
+    token: str
+    n_features: int
+    _trees: dict = field(default_factory=dict, repr=False)
+    _hex_cache: dict = field(default_factory=dict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __dask_tokenize__(self) -> str:
+        return self.token
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_trees"] = {}
+        state["_hex_cache"] = {}
+        state.pop("_lock")
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    def trees(self, k: int) -> tuple:
+        """(KD-tree of category ``k``'s point features, STRtree of its other geometries); each None
+        when empty. Built once, lazily, shared by threads."""
+        with self._lock:
+            if k not in self._trees:
+                from scipy.spatial import cKDTree
+
+                pts, geoms = self.dist_points[k], self.dist_geoms[k]
+                self._trees[k] = (cKDTree(pts) if len(pts) else None,
+                                  shapely.STRtree(geoms) if len(geoms) else None)
+            return self._trees[k]
+
+
+def prepare_osm(
+    features: gpd.GeoDataFrame,
+    catalogue: Catalogue,
+    crs,
+    *,
+    h3_resolution: int = 9,
+    radii_m: list[float] = (250.0, 1000.0),
+    max_distance_m: float = 5000.0,
+    cell_m: float | None = None,
+    token: str = "",
+) -> PreparedOsm:
+    """Categorise features (tag columns + ``gtype``), project them to ``crs`` and build the indexes.
+
+    ``cell_m`` is the grid cell of the disk indexes (default: smallest radius / 8, at least 5 m); it
+    also bounds the length of line segments and polygon edges.
+    """
+    names = catalogue.names
+    member = catalogue.match(features, features["gtype"].to_numpy())
+    used = member.any(1)
+    feats = features[used]
+    member = member[used]
+    log.info("%d of %d OSM features fall in a catalogue category", len(feats), len(features))
+    geom_ll = np.asarray(feats.geometry.values, dtype=object)
+    geom = np.asarray(gpd.GeoSeries(geom_ll, crs=features.crs).to_crs(crs).values, dtype=object)
+    gtype = feats["gtype"].to_numpy()
+    radii = [float(r) for r in radii_m]
+    cell = float(cell_m) if cell_m else max(min(radii) / 8.0, 5.0)
+    fi, ci = np.nonzero(member)  # (feature, category) pairs
+
+    # counts: representative points
+    count_cats = catalogue.with_measure("count")
+    rep = representative_points(geom) if len(geom) else np.empty((0, 2))
+    ccol = {names.index(c): j for j, c in enumerate(count_cats)}
+    sel = np.isin(ci, list(ccol))
+    count_spec = {"kind": "count", "data": rep[fi[sel]], "cat": np.array([ccol[c] for c in ci[sel]], dtype=np.int64),
+                  "n_cat": len(count_cats)}
+    # lengths: line segments
+    len_cats = catalogue.with_measure("length")
+    lcol = {names.index(c): j for j, c in enumerate(len_cats)}
+    sel = np.isin(ci, list(lcol)) & (gtype[fi] == "line")
+    lines = np.unique(fi[sel])
+    seg, owner = line_segments(geom[lines], cell) if len(lines) else (np.empty((0, 4)), np.empty(0, int))
+    seg_data, seg_cat = _explode(seg, lines[owner] if len(owner) else owner, fi[sel], ci[sel], lcol)
+    length_spec = {"kind": "length", "data": seg_data, "cat": seg_cat, "n_cat": len(len_cats)}
+    # areas: oriented polygon edges (Green's theorem) + the valid polygons for winding counts
+    area_cats = catalogue.with_measure("area")
+    acol = {names.index(c): j for j, c in enumerate(area_cats)}
+    sel = np.isin(ci, list(acol)) & (gtype[fi] == "polygon")
+    polys = np.unique(fi[sel])
+    if len(polys):
+        edges, eowner, parts, powner = polygon_edges(geom[polys], cell)
+    else:
+        edges, eowner, parts, powner = np.empty((0, 4)), np.empty(0, int), np.empty(0, object), np.empty(0, int)
+    e_data, e_cat = _explode(edges, polys[eowner] if len(eowner) else eowner, fi[sel], ci[sel], acol)
+    p_rows, p_cat = _explode(np.arange(len(parts)), polys[powner] if len(powner) else powner, fi[sel], ci[sel],
+                             acol)
+    area_spec = {"kind": "area", "data": e_data, "cat": e_cat, "n_cat": len(area_cats),
+                 "polygons": parts[p_rows], "polygon_cat": p_cat}
+    counts = DiskIndex.build(cell=_count_cell(count_spec["data"], min(radii)) if cell_m is None else cell,
+                             **count_spec)
+    lengths = DiskIndex.build(cell=cell, **length_spec)
+    areas = DiskIndex.build(cell=cell, **area_spec)
+    # hex: H3 cell of each hex-category feature's representative point (lon/lat)
+    hex_cats = catalogue.hex_categories
+    hcol = {names.index(c): j for j, c in enumerate(hex_cats)}
+    sel = np.isin(ci, list(hcol))
+    if sel.any():
+        hf = np.unique(fi[sel])
+        rep_ll = representative_points(geom_ll[hf])
+        cell_of = np.zeros(len(geom), dtype=np.int64)
+        cell_of[hf] = h3_cells(rep_ll[:, 1], rep_ll[:, 0], h3_resolution)
+        key = cell_of[fi[sel]]
+        hex_cells, inv = np.unique(key, return_inverse=True)
+        hex_counts = np.zeros((len(hex_cells), len(hex_cats)), dtype=np.float32)
+        np.add.at(hex_counts, (inv, np.array([hcol[c] for c in ci[sel]], dtype=np.int64)), 1.0)
+    else:
+        hex_cells, hex_counts = np.empty(0, np.int64), np.zeros((0, len(hex_cats)), np.float32)
+    # distances: points in a KD-tree, other geometries in an STRtree, per category
+    is_pt = shapely.get_type_id(geom) == 0
+    dist_points = [rep[fi[(ci == k) & is_pt[fi]]] for k in range(len(names))]
+    dist_geoms = [geom[fi[(ci == k) & ~is_pt[fi]]] for k in range(len(names))]
+    # data extent: convex hull of every feature read (in lon/lat, densified, then projected)
+    hull_ll = shapely.convex_hull(shapely.multipoints(shapely.get_coordinates(features.geometry.values)))
+    hull_ll = shapely.segmentize(hull_ll, 0.001)
+    hull = gpd.GeoSeries([hull_ll], crs=features.crs).to_crs(crs).values[0]
+    shapely.prepare(hull)
+    from pyproj import CRS
+
+    return PreparedOsm(
+        catalogue=catalogue, crs_wkt=CRS.from_user_input(crs).to_wkt(), h3_resolution=int(h3_resolution),
+        radii_m=radii, max_distance_m=float(max_distance_m), counts=counts, lengths=lengths, areas=areas,
+        hex_cells=hex_cells, hex_counts=hex_counts, dist_points=dist_points, dist_geoms=dist_geoms, hull=hull,
+        token=token or text_fingerprint([len(features), radii, h3_resolution, max_distance_m, cell]),
+        n_features=int(len(feats)),
+    )
+
+
+def _count_cell(pts: np.ndarray, r_min: float) -> float:
+    """Grid cell for point counts: about two points per cell (rim work grows with R * s * density,
+    row work with R / s), kept within [r_min / 64, r_min / 4]."""
+    if len(pts) < 2:
+        return r_min / 8
+    ext = np.maximum(pts.max(0) - pts.min(0), 1.0)
+    s = 1.5 / np.sqrt(len(pts) / (ext[0] * ext[1]))
+    return float(np.clip(s, r_min / 64, r_min / 4))
+
+
+def _explode(parts: np.ndarray, part_feature: np.ndarray, pair_f: np.ndarray, pair_c: np.ndarray,
+             col: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Repeat each primitive once per (feature, category) membership of its feature."""
+    if len(parts) == 0:
+        return parts, np.empty(0, dtype=np.int64)
+    order = np.argsort(pair_f, kind="stable")
+    pf, pc = pair_f[order], np.array([col[c] for c in pair_c[order]], dtype=np.int64)
+    start = np.searchsorted(pf, part_feature, "left")
+    stop = np.searchsorted(pf, part_feature, "right")
+    k = stop - start
+    rep = np.repeat(np.arange(len(parts)), k)
+    j = np.arange(len(rep)) - np.repeat(np.cumsum(k) - k, k) + np.repeat(start, k)
+    return parts[rep], pc[j]
+
+
+def compute_osm_chunk(
+    prep: PreparedOsm, x: np.ndarray, y: np.ndarray, lon: np.ndarray, lat: np.ndarray,
+    *, parts: tuple[str, ...] = ("hex", "radius", "distance"),
+) -> dict[str, np.ndarray]:
+    """Pure per-chunk computation for locations at metric ``x, y`` (in ``prep``'s CRS) and ``lon, lat``.
+
+    Returns ``hex`` (n, C_hex, 7, 7), ``radius`` (n, F), ``distance`` (n, K) float32 and ``valid``
+    (n,) bool (inside the data extent); rows outside the extent are NaN. ``parts`` selects what to
+    compute (the others are returned NaN), for benchmarking.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n = len(x)
+    cat = prep.catalogue
+    valid = shapely.intersects_xy(prep.hull, x, y) if n else np.zeros(0, bool)
+    out: dict[str, np.ndarray] = {}
+    n_hex = len(cat.hex_categories)
+    n_rad = len(cat.radius_feature_names(prep.radii_m))
+    n_cat = len(cat.names)
+    if "hex" in parts:
+        out["hex"] = hex_tensor(h3_cells(lat, lon, prep.h3_resolution), prep.hex_cells, prep.hex_counts,
+                                cache=prep._hex_cache)
+    else:
+        out["hex"] = np.full((n, n_hex, 7, 7), np.nan, np.float32)
+    if "radius" in parts:
+        cols = []
+        cc, lc, ac = cat.with_measure("count"), cat.with_measure("length"), cat.with_measure("area")
+        for r in prep.radii_m:
+            cnt, ln, ar = (prep.counts.query(x, y, r), prep.lengths.query(x, y, r), prep.areas.query(x, y, r))
+            disk = np.pi * r * r
+            for name, c in cat.categories.items():
+                if "count" in c.measures:
+                    cols.append(cnt[:, cc.index(name)])
+                if "length" in c.measures:
+                    cols.append(ln[:, lc.index(name)])
+                if "area" in c.measures:
+                    a = np.maximum(ar[:, ac.index(name)], 0.0)  # clear -1e-11 rounding
+                    cols += [a, a / disk]
+        out["radius"] = (np.stack(cols, axis=1) if cols else np.zeros((n, 0))).astype(np.float32)
+        assert out["radius"].shape[1] == n_rad
+    else:
+        out["radius"] = np.full((n, n_rad), np.nan, np.float32)
+    if "distance" in parts:
+        dist = np.full((n, n_cat), prep.max_distance_m, dtype=np.float64)
+        pts = None
+        for k in range(n_cat):
+            kd, tree = prep.trees(k)
+            if kd is not None:
+                d, _ = kd.query(np.column_stack([x, y]), k=1, distance_upper_bound=prep.max_distance_m)
+                np.minimum(dist[:, k], d, out=dist[:, k])  # inf beyond the cap
+            if tree is not None:
+                pts = shapely.points(x, y) if pts is None else pts
+                # no max_distance: shapely's search with a large one is far slower; capped below
+                (qi, _), d = tree.query_nearest(pts, return_distance=True, all_matches=False)
+                np.minimum.at(dist[:, k], qi, d)
+        out["distance"] = np.minimum(dist, prep.max_distance_m).astype(np.float32)
+    else:
+        out["distance"] = np.full((n, n_cat), np.nan, np.float32)
+    for k in ("hex", "radius", "distance"):
+        out[k][~valid] = np.nan
+    out["valid"] = valid
+    return out
+
+
+def _chunk_task(store: ViewStore, i: int, prep: PreparedOsm, x, y, lon, lat) -> int:
+    res = compute_osm_chunk(prep, x, y, lon, lat)
+    valid = res.pop("valid")
+    store.write_chunk(i, res, valid_fraction=valid.astype(np.float32), valid=valid)
+    return i
+
+
+def _locations_hash(locations: gpd.GeoDataFrame) -> str:
+    h = hashlib.sha256()
+    for col in ("location_id", "lon", "lat"):
+        h.update(np.ascontiguousarray(locations[col].to_numpy()).tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def build_osm_view(
+    cfg: OsmViewConfig,
+    locations: gpd.GeoDataFrame,
+    out_dir: Path,
+    *,
+    dask_cfg: DaskConfig,
+    overwrite: bool = False,
+) -> ViewStore:
+    """Build (or resume) the OSM view store for ``locations`` in ``out_dir``; see the module docstring.
+
+    Store rows follow ``locations`` rows. Only chunks without a marker are computed, then the store
+    is finalised. Raises InputError/ConfigError naming the source or catalogue file on bad input.
+    """
+    import dask
+
+    from geoembed.runtime import run_tasks
+
+    src = Path(cfg.source)
+    catalogue = load_catalogue(cfg.catalogue)
+    if not src.is_file():
+        raise InputError(f"OSM source {src} (view {cfg.name!r}) does not exist")
+    source_fp = file_fingerprint(src)
+    lon = locations["lon"].to_numpy(dtype=np.float64)
+    lat = locations["lat"].to_numpy(dtype=np.float64)
+    crs = metric_crs(lon, lat)
+    radius_names = catalogue.radius_feature_names(cfg.radii_m)
+    attrs = {
+        "source": str(src),
+        "source_fingerprint": source_fp,
+        "crs": crs.to_string(),
+        "categories": catalogue.names,
+        "hex_categories": catalogue.hex_categories,
+        "distance_categories": catalogue.names,
+        "radius_features": radius_names,
+        "hex_mask": HEX_MASK.astype(int).tolist(),
+        "hex_stencil": HEX_STENCIL.astype(int).tolist(),
+        "hex_layout": "hex[c, 3 + di, 3 + dj] for H3 local IJ offset (di, dj) from the location's cell",
+        "h3_resolution": cfg.h3_resolution,
+        "radii_m": [float(r) for r in cfg.radii_m],
+        "max_distance_m": cfg.max_distance_m,
+        "catalogue": catalogue.to_dict(),
+        "validity": "valid = inside the convex hull of all features of the source; else NaN rows",
+        "view_version": VIEW_VERSION,
+    }
+    fingerprint = text_fingerprint({"config": cfg.model_dump(mode="json"), "catalogue": catalogue.to_dict(),
+                                    "source": source_fp, "locations": _locations_hash(locations),
+                                    "chunk_rows": dask_cfg.chunk_size, "version": VIEW_VERSION})
+    arrays = {
+        "hex": ArraySpec((len(catalogue.hex_categories), 7, 7), "float32"),
+        "radius": ArraySpec((len(radius_names),), "float32"),
+        "distance": ArraySpec((len(catalogue.names),), "float32"),
+    }
+    store = ViewStore.create_or_resume(
+        out_dir, location_ids=locations["location_id"].to_numpy(), arrays=arrays,
+        chunk_rows=dask_cfg.chunk_size, kind="osm", attrs=attrs, build_fingerprint=fingerprint,
+        overwrite=overwrite,
+    )
+    pending = store.pending_chunks()
+    if pending:
+        feats = read_osm_features(src, catalogue.keys)
+        prep = prepare_osm(feats, catalogue, crs, h3_resolution=cfg.h3_resolution, radii_m=cfg.radii_m,
+                           max_distance_m=cfg.max_distance_m, token=fingerprint)
+        from pyproj import Transformer
+
+        x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
+        prep_d = dask.delayed(prep, traverse=False)
+        tasks = []
+        for i in pending:
+            a, b = store.chunk_bounds(i)
+            tasks.append(dask.delayed(_chunk_task, pure=False)(store, i, prep_d, x[a:b], y[a:b], lon[a:b],
+                                                               lat[a:b]))
+        log.info("OSM view %s: %d of %d chunks to compute", cfg.name, len(tasks), store.n_chunks)
+        run_tasks(tasks, scheduler=dask_cfg.scheduler, num_workers=dask_cfg.num_workers,
+                  desc=f"osm view {cfg.name}")
+    return store.finalize()
