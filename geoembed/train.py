@@ -1,0 +1,715 @@
+"""The trainer: multi-view contrastive training of a coordinate encoder, then a bundle.
+
+``geoembed train -c CONFIG`` reads ``<workdir>/locations.parquet`` and ``<workdir>/views/<name>/``
+(row i of every store is locations row i), trains the views' encoders and the coordinate encoder so that
+a location's view embedding and its coordinate embedding agree (symmetric InfoNCE, see
+:mod:`geoembed.nn.losses`), and writes:
+
+* ``<workdir>/train/``: ``config.yaml`` (resolved), ``metrics.jsonl`` / ``metrics.csv`` (per epoch: loss,
+  held-out loss, held-out top-1/top-5 retrieval of each location among the validation locations from its
+  views, temperature, time), ``checkpoint/`` (model + optimiser + best weights, safetensors; written
+  atomically after every epoch; a killed run resumes from it);
+* ``<workdir>/bundle/``: the coordinate encoder of the best epoch (see :mod:`geoembed.io.bundle`).
+
+Validation holds out whole spatial blocks (``block_id``). A fixed seed gives identical results on CPU
+(batch order and jitter come from per-epoch generators, so a resumed run equals an uninterrupted one).
+Under ``torchrun`` each process takes its slice of every global batch and embeddings are gathered so the
+negatives span the global batch; gradients are summed across processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from geoembed.config import Config, load_config, save_resolved
+from geoembed.config.train import TrainConfig, ViewEncoderConfig
+from geoembed.errors import ConfigError, InputError
+from geoembed.io.atomic import atomic_path, atomic_write_text, file_fingerprint, text_fingerprint
+from geoembed.nn.encodings import EARTH_RADIUS_M
+from geoembed.nn.fusion import FusionHead
+from geoembed.nn.losses import ContrastiveLoss
+from geoembed.nn.networks import CoordinateEncoder, build_coordinate_encoder
+from geoembed.nn.views import backbone_features, build_view_encoder, load_resnet18
+
+log = logging.getLogger(__name__)
+
+RUN_DIR = "train"
+CHECKPOINT = "checkpoint"
+BUNDLE_DIR = "bundle"
+# Settings that may change between a run and its resume without invalidating the checkpoint.
+_RESUMABLE_KEYS = ("epochs", "patience", "max_minutes", "device", "num_threads", "retrieval_rows")
+
+__all__ = [
+    "MultiViewModel",
+    "TrainData",
+    "ViewData",
+    "configure_parser",
+    "coordinate_spec",
+    "load_training_data",
+    "run",
+    "make_optimizer",
+    "spatial_split",
+    "train",
+    "train_step",
+]
+
+
+# ============================================================================ data
+
+
+@dataclass
+class ViewData:
+    """One view in memory: normalised arrays (missing values = 0) and the per-row valid flag."""
+
+    name: str
+    arrays: dict[str, torch.Tensor]
+    valid: torch.Tensor
+    fingerprint: str
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {k: tuple(v.shape[1:]) for k, v in self.arrays.items()}
+
+
+@dataclass
+class TrainData:
+    """Locations and views, row-aligned."""
+
+    lon: torch.Tensor  # float64 degrees
+    lat: torch.Tensor
+    block_id: np.ndarray
+    views: dict[str, ViewData]
+    fingerprint: str
+    location_id: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    lon_dev: torch.Tensor | None = None  # copies on the training device (set by train())
+    lat_dev: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.lon.shape[0])
+
+
+def normalise_array(arr: np.ndarray, stats: dict | None, log1p: bool = False) -> np.ndarray:
+    """Per-channel (axis 1) standardisation by the store's stats; NaN (no data) becomes 0 afterwards."""
+    x = np.asarray(arr, dtype=np.float32)
+    if log1p:
+        x = np.sign(x) * np.log1p(np.abs(x))
+        mean, std = _moments(x)
+    elif stats:
+        mean = np.asarray(stats["mean"], dtype=np.float32)
+        std = np.asarray(stats["std"], dtype=np.float32)
+    else:
+        mean, std = _moments(x)
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    if x.ndim == 1:
+        x, shape = x[:, None], (1, -1)
+    std = np.where(std > 0, std, 1.0).astype(np.float32)
+    x = (x - mean.reshape(shape)) / std.reshape(shape)
+    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
+
+
+def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    flat = np.moveaxis(x if x.ndim > 1 else x[:, None], 1, 0).reshape((x.shape[1] if x.ndim > 1 else 1), -1)
+    with np.errstate(all="ignore"):
+        return np.nan_to_num(np.nanmean(flat, 1)), np.nan_to_num(np.nanstd(flat, 1), nan=1.0)
+
+
+def _load_view(workdir: Path, vc: ViewEncoderConfig, location_ids: np.ndarray, device: str) -> ViewData:
+    from geoembed.io.viewstore import ViewStore
+
+    path = workdir / "views" / vc.view
+    if not path.exists():
+        raise InputError(f"view {vc.view!r}: store {path} does not exist (run `geoembed build` first?)")
+    store = ViewStore.open(path)
+    if store.n_rows != len(location_ids):
+        raise InputError(f"view store {path} has {store.n_rows} rows but locations.parquet has "
+                         f"{len(location_ids)}: rebuild the views")
+    ids = store.read("location_id")
+    if not np.array_equal(ids, location_ids):
+        bad = int(np.flatnonzero(ids != location_ids)[0])
+        raise InputError(f"view store {path}: row {bad} holds location_id {ids[bad]}, locations.parquet "
+                         f"has {location_ids[bad]}: rebuild the views")
+    names = vc.arrays or list(store.arrays)
+    unknown = [n for n in names if n not in store.arrays]
+    if unknown:
+        raise ConfigError(f"train.views[{vc.view}].arrays: store {path} has no array(s) {unknown} "
+                          f"(has {sorted(store.arrays)})")
+    valid = store.read("valid").astype(bool)
+    arrays: dict[str, torch.Tensor] = {}
+    fp_parts = {"store": store.meta.get("build_fingerprint"), "arrays": names, "log1p": vc.log1p}
+    if vc.encoder == "resnet18_frozen":
+        if len(names) != 1 or len(store.arrays[names[0]].shape) != 3:
+            raise ConfigError(f"train.views[{vc.view}]: resnet18_frozen needs exactly one (C, H, W) array")
+        arrays["features"] = torch.from_numpy(_frozen_features(workdir, vc, store, names[0], device))
+        fp_parts["backbone"] = file_fingerprint(vc.backbone_weights)
+    else:
+        for name in names:
+            arrays[name] = torch.from_numpy(
+                normalise_array(store.read(name), store.stats.get(name), log1p=vc.log1p))
+    return ViewData(vc.view, arrays, torch.from_numpy(valid), text_fingerprint(fp_parts))
+
+
+def _frozen_features(workdir: Path, vc: ViewEncoderConfig, store, array: str, device: str) -> np.ndarray:
+    """Backbone features of every row, computed once in eval mode and cached as safetensors."""
+    from safetensors.numpy import load_file, save_file
+
+    key = text_fingerprint({"store": store.meta.get("build_fingerprint"), "weights":
+                            file_fingerprint(vc.backbone_weights), "bands": vc.backbone_bands,
+                            "size": vc.backbone_input_size, "array": array})
+    cache = workdir / "cache" / f"{vc.view}-resnet18-{key.split(':')[1][:16]}.safetensors"
+    if cache.is_file():
+        return load_file(str(cache))["features"]
+    model = load_resnet18(vc.backbone_weights)
+    chips = store.read(array)
+    nchan = chips.shape[1]
+    if max(vc.backbone_bands) >= nchan:
+        raise ConfigError(f"train.views[{vc.view}].backbone_bands {vc.backbone_bands}: chips have {nchan} channels")
+    x = normalise_array(chips, store.stats.get(array))
+    log.info("computing frozen ResNet-18 features of %d chips of view %s", len(x), vc.view)
+    feats = backbone_features(model, x, bands=vc.backbone_bands, input_size=vc.backbone_input_size,
+                              device=device)
+    with atomic_path(cache, suffix=".safetensors") as tmp:
+        save_file({"features": np.ascontiguousarray(feats, dtype=np.float32)}, str(tmp))
+    return feats
+
+
+def _view_configs(cfg: Config) -> list[ViewEncoderConfig]:
+    tc = cfg.train
+    if tc.views:
+        return list(tc.views)
+    names = [v.name for v in cfg.views]
+    if not names:
+        vdir = cfg.workdir_path / "views"
+        names = sorted(p.name for p in vdir.iterdir() if (p / "meta.json").is_file()) if vdir.is_dir() else []
+    if not names:
+        raise ConfigError("train: no views configured and none found under "
+                          f"{cfg.workdir_path / 'views'}; list them in train.views")
+    return [ViewEncoderConfig(view=n) for n in names]
+
+
+def _grid_blocks(lon: np.ndarray, lat: np.ndarray, size_m: float) -> np.ndarray:
+    lat0 = math.radians(float(np.mean(lat)))
+    x = np.radians(lon - np.mean(lon)) * EARTH_RADIUS_M * math.cos(lat0)
+    y = np.radians(lat) * EARTH_RADIUS_M
+    ix, iy = np.floor(x / size_m).astype(np.int64), np.floor(y / size_m).astype(np.int64)
+    return (ix - ix.min()) * (iy.max() - iy.min() + 1) + (iy - iy.min())
+
+
+def load_training_data(cfg: Config, device: str = "cpu") -> TrainData:
+    """Read ``locations.parquet`` and the configured views of ``cfg.workdir`` (checked row-aligned)."""
+    from geoembed.io.locations import read_locations
+
+    workdir = cfg.workdir_path
+    loc_path = workdir / "locations.parquet"
+    locs = read_locations(loc_path)
+    lon = locs["lon"].to_numpy(np.float64)
+    lat = locs["lat"].to_numpy(np.float64)
+    ids = locs["location_id"].to_numpy(np.int64)
+    if "block_id" in locs.columns:
+        blocks = locs["block_id"].to_numpy(np.int64)
+    else:
+        blocks = _grid_blocks(lon, lat, cfg.train.block_size_m)
+    views = {vc.view: _load_view(workdir, vc, ids, device) for vc in _view_configs(cfg)}
+    fp = text_fingerprint({"locations": file_fingerprint(loc_path),
+                           "views": {k: v.fingerprint for k, v in views.items()}})
+    return TrainData(torch.from_numpy(lon.copy()), torch.from_numpy(lat.copy()), blocks, views, fp, ids)
+
+
+def spatial_split(block_id: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out whole spatial blocks (random block order) until ``val_fraction`` of rows is reached."""
+    blocks, counts = np.unique(block_id, return_counts=True)
+    if len(blocks) < 2:
+        raise InputError("locations have a single spatial block: cannot hold out blocks for validation "
+                         "(use a smaller block size)")
+    order = np.random.default_rng(seed).permutation(len(blocks))
+    target = val_fraction * len(block_id)
+    cum = np.cumsum(counts[order])
+    k = int(np.searchsorted(cum, target) + 1)
+    k = min(max(k, 1), len(blocks) - 1)
+    val_blocks = blocks[order[:k]]
+    is_val = np.isin(block_id, val_blocks)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def coordinate_spec(tc: TrainConfig, lon: np.ndarray, lat: np.ndarray) -> dict:
+    """The coordinate encoder spec with data-dependent constants (projection centre, extent) resolved."""
+    encs = []
+    for e in tc.coordinate_encoder.encodings:
+        if e.type == "spherical_harmonics":
+            encs.append({"type": "spherical_harmonics", "degrees": e.degrees})
+            continue
+        if e.center is not None:
+            c_lon, c_lat = e.center
+        else:
+            c_lon = float((np.nanmin(lon) + np.nanmax(lon)) / 2)
+            c_lat = float((np.nanmin(lat) + np.nanmax(lat)) / 2)
+        max_wl = e.max_wavelength_m
+        if max_wl is None:
+            dx = math.radians(float(np.ptp(lon))) * EARTH_RADIUS_M * math.cos(math.radians(c_lat))
+            dy = math.radians(float(np.ptp(lat))) * EARTH_RADIUS_M
+            max_wl = max(2.0 * math.hypot(dx, dy), 4.0 * e.min_wavelength_m)
+        encs.append({"type": "local_multiscale", "center_lon": c_lon, "center_lat": c_lat,
+                     "min_wavelength_m": e.min_wavelength_m, "max_wavelength_m": float(max_wl),
+                     "n_scales": e.n_scales, "n_directions": e.n_directions, "include_xy": e.include_xy})
+    return {"encodings": encs, "network": tc.coordinate_encoder.network.spec(),
+            "embedding_dim": tc.embedding_dim, "dtype": tc.coordinate_encoder.dtype}
+
+
+# ============================================================================ model
+
+
+class MultiViewModel(nn.Module):
+    """View encoders (+ fusion head or per-view projections), the coordinate encoder and the loss."""
+
+    def __init__(self, tc: TrainConfig, view_shapes: dict[str, dict[str, tuple[int, ...]]],
+                 coord_spec: dict, view_configs: list[ViewEncoderConfig] | None = None):
+        super().__init__()
+        vcs = {vc.view: vc for vc in (view_configs or tc.views)}
+        self.view_names = list(view_shapes)
+        self.mode = tc.objective
+        encoders = {}
+        for name, shapes in view_shapes.items():
+            vc = vcs.get(name) or ViewEncoderConfig(view=name)
+            kind = "auto" if vc.encoder == "resnet18_frozen" else vc.encoder
+            encoders[name] = build_view_encoder(shapes, out_dim=vc.out_dim, encoder=kind,
+                                                channels=vc.channels, hidden=vc.hidden)
+        self.views = nn.ModuleDict(encoders)
+        dims = {n: e.out_dim for n, e in encoders.items()}
+        d = tc.embedding_dim
+        if self.mode == "fused":
+            self.fusion = FusionHead(self.view_names, dims, d, hidden=tc.fusion_hidden)
+        else:
+            self.proj = nn.ModuleDict({n: nn.Linear(dims[n], d) for n in self.view_names})
+        self.coord: CoordinateEncoder = build_coordinate_encoder(coord_spec)
+        self.loss = ContrastiveLoss(tc.objective, tc.view_pairs, tc.temperature_init, tc.temperature_min,
+                                    tc.learnable_temperature)
+
+    def embed_views(self, inputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """``{"fused": (B, d)}`` in fused mode, else ``{view: (B, d)}``."""
+        encoded = {n: self.views[n](inputs[n]) for n in self.view_names}
+        if self.mode == "fused":
+            return {"fused": self.fusion(encoded)}
+        return {n: self.proj[n](encoded[n]) for n in self.view_names}
+
+    def masks(self, valid: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.mode == "fused":
+            m = valid[self.view_names[0]]
+            for n in self.view_names[1:]:
+                m = m & valid[n]
+            return {"fused": m}
+        return dict(valid)
+
+    def forward(self, *, lon: torch.Tensor, lat: torch.Tensor, inputs: dict[str, dict[str, torch.Tensor]],
+                valid: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        coords = self.coord(lon=lon, lat=lat)
+        return self.loss(coords, self.embed_views(inputs), self.masks(valid))
+
+
+# ============================================================================ checkpoints
+
+
+def _state_tensors(model: nn.Module, opt: torch.optim.Optimizer, best: dict[str, torch.Tensor] | None):
+    tensors: dict[str, torch.Tensor] = {}
+    for k, v in model.state_dict().items():
+        tensors[f"model.{k}"] = v.detach().cpu().contiguous().clone()
+    if best is not None:
+        for k, v in best.items():
+            tensors[f"best.{k}"] = v.detach().cpu().contiguous().clone()
+    osd = opt.state_dict()
+    for idx, st in osd["state"].items():
+        for k, v in st.items():
+            t = v if torch.is_tensor(v) else torch.tensor(v)
+            tensors[f"opt.{idx}.{k}"] = t.detach().cpu().contiguous().clone()
+    return tensors, osd["param_groups"]
+
+
+def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                    best: dict[str, torch.Tensor] | None, info: dict) -> None:
+    """Write ``state.safetensors`` + ``state.json`` into ``path`` atomically (no pickle)."""
+    from safetensors.torch import save_file
+
+    tensors, groups = _state_tensors(model, opt, best)
+    with atomic_path(path) as tmp:
+        tmp.mkdir(parents=True)
+        save_file(tensors, str(tmp / "state.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**info, "param_groups": groups}, default=float))
+
+
+def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict | None]:
+    """Restore model and optimiser; returns (info, best weights or None)."""
+    from safetensors.torch import load_file
+
+    info = json.loads((path / "state.json").read_text())
+    tensors = load_file(str(path / "state.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    state: dict[int, dict] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, name = k.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": info["param_groups"]})
+    return info, best
+
+
+# ============================================================================ training
+
+
+def _setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = torch.cuda.is_available() and device_pref in ("auto", "cuda")
+    if device_pref == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is cuda but no CUDA device is available")
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        rank = dist.get_rank()
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+        if use_cuda:
+            torch.cuda.set_device(dev)
+        return rank, world, dev
+    return 0, 1, torch.device("cuda" if use_cuda else "cpu")
+
+
+def _allreduce_grads(model: MultiViewModel, world: int) -> None:
+    """Sum gradients over processes: each process's loss is the global loss, differentiated through its
+    own shard only, so the sum is the exact global gradient. The loss module's own parameters (the
+    temperature) see the whole global batch in every process, so theirs is averaged instead."""
+    import torch.distributed as dist
+
+    loss_params = {id(p) for p in model.loss.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    off = 0
+    for p, g in zip(params, grads, strict=True):
+        n = g.numel()
+        g.copy_(flat[off : off + n].view_as(g))
+        if id(p) in loss_params:
+            g.div_(world)
+        off += n
+
+
+def train_step(model: MultiViewModel, opt: torch.optim.Optimizer, *, lon: torch.Tensor, lat: torch.Tensor,
+               inputs: dict, valid: dict, amp: bool = False, grad_clip: float | None = None,
+               world: int = 1) -> torch.Tensor:
+    """One optimisation step on a (local shard of a) batch; returns the detached loss (no device sync)."""
+    with torch.autocast(device_type=lon.device.type, dtype=torch.bfloat16, enabled=amp):
+        loss, _ = model(lon=lon, lat=lat, inputs=inputs, valid=valid)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if world > 1:
+        _allreduce_grads(model, world)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.detach()
+
+
+def make_optimizer(model: MultiViewModel, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with the coordinate encoder in its own parameter group (``coord_lr``); fused on CUDA."""
+    coord_params = list(model.coord.parameters())
+    coord_ids = {id(p) for p in coord_params}
+    other = [p for p in model.parameters() if id(p) not in coord_ids]
+    return torch.optim.AdamW(
+        [{"params": other, "lr": tc.lr}, {"params": coord_params, "lr": tc.coord_lr or tc.lr}],
+        weight_decay=tc.weight_decay, **({"fused": True} if device.type == "cuda" else {}),
+    )
+
+
+def _batch_inputs(data: TrainData, idx: torch.Tensor, dev_views: dict) -> tuple[dict, dict]:
+    inputs = {n: {k: a.index_select(0, idx) for k, a in arrs.items()} for n, (arrs, _) in dev_views.items()}
+    valid = {n: v.index_select(0, idx) for n, (_, v) in dev_views.items()}
+    return inputs, valid
+
+
+def _jitter(lon: torch.Tensor, lat: torch.Tensor, noise: torch.Tensor, sigma_m: float):
+    if sigma_m <= 0:
+        return lon, lat
+    rad = sigma_m / EARTH_RADIUS_M * (180.0 / math.pi)
+    dlat = noise[:, 1] * rad
+    dlon = noise[:, 0] * rad / torch.cos(torch.deg2rad(lat)).clamp_min(1e-6)
+    return lon + dlon, (lat + dlat).clamp(-90.0, 90.0)
+
+
+@torch.no_grad()
+def evaluate(model: MultiViewModel, data: TrainData, rows: np.ndarray, dev_views: dict,
+             device: torch.device, batch_size: int, retrieval_rows: int, amp: bool) -> dict:
+    """Held-out loss (fixed batches) and top-1/top-5 retrieval of each location among ``rows`` from its
+    views (rows valid for all views; at most ``retrieval_rows`` of them)."""
+    model.eval()
+    idx_all = torch.from_numpy(rows).to(device)
+    coords, views, valid = [], {}, {}
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp)
+    for i in range(0, len(rows), 4096):
+        idx = idx_all[i : i + 4096]
+        inputs, val = _batch_inputs(data, idx, dev_views)
+        with autocast:
+            coords.append(model.coord(lon=data.lon_dev.index_select(0, idx),
+                                      lat=data.lat_dev.index_select(0, idx)).float())
+            for k, v in model.embed_views(inputs).items():
+                views.setdefault(k, []).append(v.float())
+        for k, v in model.masks(val).items():
+            valid.setdefault(k, []).append(v)
+    c = torch.cat(coords)
+    vs = {k: torch.cat(v) for k, v in views.items()}
+    ms = {k: torch.cat(v) for k, v in valid.items()}
+    losses = []
+    for i in range(0, len(rows), batch_size):
+        sl = slice(i, i + batch_size)
+        if min(batch_size, len(rows) - i) < 2:
+            continue
+        loss, _ = model.loss(c[sl], {k: v[sl] for k, v in vs.items()}, {k: m[sl] for k, m in ms.items()},
+                             gather=False)
+        losses.append(float(loss))
+    both = torch.stack(list(ms.values())).all(0)
+    keep = torch.nonzero(both).flatten()[:retrieval_rows]
+    out = {"val_loss": float(np.mean(losses)) if losses else float("nan"), "val_rows": len(rows),
+           "retrieval_rows": int(keep.numel())}
+    if keep.numel() >= 5:
+        cn = torch.nn.functional.normalize(c[keep], dim=1)
+        sim = sum(torch.nn.functional.normalize(v[keep], dim=1) @ cn.t() for v in vs.values())
+        diag = sim.diagonal()[:, None]
+        rank = (sim > diag).sum(1)
+        out["val_top1"] = float((rank < 1).float().mean())
+        out["val_top5"] = float((rank < 5).float().mean())
+        out["chance_top1"] = 1.0 / keep.numel()
+    model.train()
+    return out
+
+
+def _write_metrics(run_dir: Path, history: list[dict]) -> None:
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    keys: list[str] = []
+    for h in history:
+        keys += [k for k in h if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(run_dir / "metrics.csv", buf.getvalue())
+
+
+def _run_fingerprint(cfg: Config, data_fp: str, seed: int) -> str:
+    tc = cfg.train.model_dump(mode="json")
+    for k in _RESUMABLE_KEYS:
+        tc.pop(k, None)
+    return text_fingerprint({"train": tc, "seed": seed, "data": data_fp})
+
+
+def _footprint(lon: np.ndarray, lat: np.ndarray):
+    import shapely
+
+    hull = shapely.MultiPoint(np.column_stack([lon, lat])).convex_hull
+    if hull.geom_type != "Polygon" or hull.area == 0:
+        hull = hull.buffer(1e-3)
+    return hull
+
+
+def train(cfg: Config, *, resume: bool = True, overwrite: bool = False,
+          stop_after_epochs: int | None = None, data: TrainData | None = None) -> dict:
+    """Train per ``cfg.train`` on ``cfg.workdir``; returns a summary (paths, best epoch, metrics).
+
+    A checkpoint of the same run (same settings and data) is resumed unless ``resume=False``; a
+    checkpoint of a different run is an error unless ``overwrite``. ``stop_after_epochs`` ends this
+    invocation after that many epochs (as a kill would), leaving a resumable checkpoint.
+    """
+    cfg.require("train")
+    threads = torch.get_num_threads()
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    try:
+        return _train(cfg, resume=resume, overwrite=overwrite, stop_after_epochs=stop_after_epochs, data=data)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int | None,
+           data: TrainData | None) -> dict:
+    tc = cfg.train
+    seed = cfg.seed if tc.seed is None else tc.seed
+    rank, world, device = _setup_distributed(tc.device)
+    workdir = cfg.workdir_path
+    run_dir = workdir / RUN_DIR
+    ckpt = run_dir / CHECKPOINT
+    if data is None:
+        data = load_training_data(cfg, device=str(device))
+    if tc.batch_size % world:
+        raise ConfigError(f"train.batch_size {tc.batch_size} is not divisible by the {world} processes")
+    fingerprint = _run_fingerprint(cfg, data.fingerprint, seed)
+    if ckpt.exists() and rank == 0:
+        old = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").is_file() else {}
+        if overwrite or not resume:
+            shutil.rmtree(run_dir)
+        elif old.get("fingerprint") != fingerprint:
+            raise ConfigError(f"{ckpt} belongs to a run with other settings or data; pass --overwrite to "
+                              "start again (or --no-resume)")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        save_resolved(cfg, run_dir / "config.yaml")
+
+    train_idx, val_idx = spatial_split(data.block_id, tc.val_fraction, seed)
+    lon_np, lat_np = data.lon.numpy(), data.lat.numpy()
+    spec = coordinate_spec(tc, lon_np, lat_np)
+    torch.manual_seed(seed)
+    view_cfgs = _view_configs(cfg) if not tc.views else list(tc.views)
+    model = MultiViewModel(tc, {n: v.shapes for n, v in data.views.items()}, spec, view_cfgs).to(device)
+    opt = make_optimizer(model, tc, device)
+    history: list[dict] = []
+    start_epoch, best_loss, best_epoch, bad_epochs, best_state = 0, math.inf, -1, 0, None
+    if ckpt.is_dir() and (ckpt / "state.json").is_file():
+        info, best_state = load_checkpoint(ckpt, model, opt)
+        history = info["history"]
+        start_epoch = info["epoch"] + 1
+        best_loss, best_epoch, bad_epochs = info["best_loss"], info["best_epoch"], info["bad_epochs"]
+        log.info("resuming %s from epoch %d", ckpt, start_epoch)
+
+    # Data on the training device once; per-batch gathers only.
+    data.lon_dev = data.lon.to(device)
+    data.lat_dev = data.lat.to(device)
+    dev_views = {n: ({k: a.to(device) for k, a in v.arrays.items()}, v.valid.to(device))
+                 for n, v in data.views.items()}
+    n_train = len(train_idx)
+    gbatch = min(tc.batch_size, n_train - n_train % world)
+    steps = max(1, n_train // gbatch)
+    local = gbatch // world
+    amp = tc.amp and device.type == "cuda"
+    train_idx_t = torch.from_numpy(train_idx)
+    stopped = "epochs"
+    t_start = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    from geoembed.runtime import progress_enabled
+
+    bar = tqdm(total=tc.epochs, initial=min(start_epoch, tc.epochs), desc="train", unit="epoch",
+               disable=not progress_enabled() or rank != 0, leave=False)
+    epoch = start_epoch
+    done_this_run = 0
+    if start_epoch > 0 and bad_epochs >= (tc.patience or math.inf):
+        stopped = "early_stopping"
+        epoch = tc.epochs
+    while epoch < tc.epochs:
+        t0 = time.perf_counter()
+        model.train()
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        perm = train_idx_t[torch.randperm(n_train, generator=gen)].to(device)
+        noise = torch.randn(n_train, 2, generator=gen, dtype=torch.float64).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for s in range(steps):
+            sl = slice(s * gbatch + rank * local, s * gbatch + (rank + 1) * local)
+            idx = perm[sl]
+            lon, lat = _jitter(data.lon_dev.index_select(0, idx), data.lat_dev.index_select(0, idx),
+                               noise[sl], tc.jitter_m)
+            inputs, valid = _batch_inputs(data, idx, dev_views)
+            loss_sum += train_step(model, opt, lon=lon, lat=lat, inputs=inputs, valid=valid, amp=amp,
+                                   grad_clip=tc.grad_clip, world=world)
+        train_loss = float(loss_sum) / steps
+        ev = evaluate(model, data, val_idx, dev_views, device, gbatch, tc.retrieval_rows, amp)
+        elapsed = time.perf_counter() - t0
+        row = {"epoch": epoch, "train_loss": train_loss, **ev, "temperature": model.loss.temperature,
+               "seconds": elapsed, "samples_per_s": steps * gbatch / elapsed}
+        history.append(row)
+        # Best epoch by the monitored held-out metric (loss: lower is better; retrieval: higher).
+        score = ev["val_loss"] if tc.monitor == "val_loss" else -ev.get(tc.monitor, -math.inf)
+        if score < best_loss - tc.min_delta:
+            best_loss, best_epoch, bad_epochs = score, epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        if rank == 0:
+            save_checkpoint(ckpt, model, opt, best_state, {
+                "fingerprint": fingerprint, "epoch": epoch, "history": history, "best_loss": best_loss,
+                "best_epoch": best_epoch, "bad_epochs": bad_epochs})
+            _write_metrics(run_dir, history)
+            bar.update(1)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{ev['val_loss']:.3f}",
+                            top5=f"{ev.get('val_top5', float('nan')):.3f}")
+            log.info("epoch %d: loss %.4f val %.4f top1 %.3f top5 %.3f (%.1fs)", epoch, train_loss,
+                     ev["val_loss"], ev.get("val_top1", float("nan")), ev.get("val_top5", float("nan")), elapsed)
+        epoch += 1
+        done_this_run += 1
+        if tc.patience and bad_epochs >= tc.patience:
+            stopped = "early_stopping"
+            break
+        if tc.max_minutes and (time.perf_counter() - t_start) / 60 > tc.max_minutes:
+            stopped = "time_budget"
+            break
+        if stop_after_epochs is not None and done_this_run >= stop_after_epochs and epoch < tc.epochs:
+            bar.close()
+            return {"stopped": "interrupted", "epoch": epoch - 1, "history": history}
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    best_row = next((h for h in history if h["epoch"] == best_epoch), history[-1] if history else {})
+    summary = {"stopped": stopped, "best_epoch": best_epoch, "monitor": tc.monitor,
+               "best_val_loss": best_row.get("val_loss"),
+               "epochs_run": len(history), "n_train": int(n_train), "n_val": int(len(val_idx)),
+               "history": history}
+    if rank == 0:
+        metrics = {k: summary[k] for k in ("stopped", "best_epoch", "monitor", "best_val_loss", "epochs_run",
+                                           "n_train", "n_val")}
+        metrics.update({k: best_row.get(k) for k in ("val_top1", "val_top5", "chance_top1", "train_loss",
+                                                      "temperature")})
+        enc = model.coord.to("cpu").eval()
+        from geoembed.io.bundle import save_bundle
+
+        bundle = save_bundle(workdir / BUNDLE_DIR, enc, enc.spec, footprint=_footprint(lon_np, lat_np),
+                             out_of_support_km=tc.out_of_support_km, config=cfg.model_dump(mode="json"),
+                             metrics=metrics, data_fingerprint=data.fingerprint)
+        summary["bundle"] = str(bundle)
+        summary["metrics"] = metrics
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return summary
+
+
+# ============================================================================ CLI
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``geoembed train``."""
+    parser.add_argument("-c", "--config", required=True, help="YAML config with a train section")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="discard a checkpoint from a run with other settings and start again")
+    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``geoembed train -c CONFIG``: train and write ``<workdir>/bundle``."""
+    cfg = load_config(args.config)
+    cfg.require("train")
+    summary = train(cfg, resume=not args.no_resume, overwrite=args.overwrite)
+    if "bundle" in summary:
+        m = summary["metrics"]
+        print(f"trained {summary['epochs_run']} epochs ({summary['stopped']}); best epoch {m['best_epoch']}: "
+              f"val loss {m['best_val_loss']:.4f}, top-1 {m.get('val_top1') or float('nan'):.3f}, "
+              f"top-5 {m.get('val_top5') or float('nan'):.3f} (chance {m.get('chance_top1') or float('nan'):.4f})")
+        print(f"bundle: {summary['bundle']}")
+    return 0
