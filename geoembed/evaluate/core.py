@@ -269,8 +269,13 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
         emb = embed(table, embedder, cfg.embedding_prefix)
         old = embedding_columns(table, cfg.embedding_prefix)
         if old:
-            log.warning("replacing the table's %d %s* columns by the bundle's embeddings", len(old),
-                        cfg.embedding_prefix)
+            same = list(old) == list(emb.columns) and np.allclose(
+                table[old].to_numpy(float), emb.to_numpy(float), rtol=1e-5, atol=1e-6, equal_nan=True)
+            if same:
+                log.info("the table's %s* columns equal the bundle's embeddings", cfg.embedding_prefix)
+            else:
+                log.warning("replacing the table's %d %s* columns by the bundle's embeddings (they differ: "
+                            "enriched with another bundle?)", len(old), cfg.embedding_prefix)
         table = pd.concat([table.drop(columns=old), emb], axis=1)
         fingerprint = embedder_fingerprint(embedder, cfg.bundle)
     emb_cols = embedding_columns(table, cfg.embedding_prefix) if uses_emb else []

@@ -1,0 +1,59 @@
+"""The demo pipeline wiring, end to end on a reduced Olinda config (the full demo runs in `make demo`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from geoembed.config import load_config
+from geoembed.demo import DEMO_CONFIG, olinda_tracts, run_demo
+
+
+def test_olinda_tracts_table():
+    t = olinda_tracts()
+    assert len(t) == 470 and t["tract_id"].is_unique
+    assert t["residents"].sum() == pytest.approx(377_800, rel=0.01)
+    assert (t["area_km2"] > 0).all() and t["area_km2"].sum() == pytest.approx(41.7, rel=0.1)
+    assert t["lon"].between(-34.92, -34.82).all() and t["lat"].between(-8.05, -7.95).all()
+
+
+def test_demo_config_has_every_stage():
+    cfg = load_config(DEMO_CONFIG)
+    cfg.require("locations", "views", "train", "evaluate")
+    assert cfg.evaluate.exposure == "area_km2" and cfg.evaluate.family == "poisson"
+    assert cfg.evaluate.split.kind == "spatial_block"
+
+
+@pytest.mark.slow
+def test_run_demo_on_a_reduced_config(tmp_path, capsys):
+    d = yaml.safe_load(DEMO_CONFIG.read_text())
+    root = DEMO_CONFIG.parent
+    d["workdir"] = str(tmp_path / "run")
+    d["locations"]["n"] = 1500
+    d["locations"]["region"]["raster"] = str((root / d["locations"]["region"]["raster"]).resolve())
+    for v in d["views"]:
+        v["sources"] = [str((root / s).resolve()) for s in v["sources"]]
+    d["train"].update(epochs=2, max_minutes=1.0)
+    d["evaluate"]["table"] = str(tmp_path / "run" / "tracts_enriched.parquet")
+    d["evaluate"]["models"] = ["glm", "gbm"]
+    d["evaluate"]["gbm"] = {"num_boost_round": 50, "early_stopping": False}
+    cfg_path = tmp_path / "demo.yaml"
+    cfg_path.write_text(yaml.safe_dump(d))
+    out = run_demo(load_config(cfg_path))
+    text = capsys.readouterr().out
+    assert "[4/4] evaluate" in text and "deviance ratio" in text
+    report = Path(out["report"])
+    records = json.loads((report / "evaluation.json").read_text())
+    pooled = [r for r in records if r.get("fold") == "pooled"]
+    assert {(r["model"], r["features"]) for r in pooled} >= {("glm", "coords"), ("glm", "embeddings"),
+                                                              ("gbm", "coords"), ("gbm", "embeddings")}
+    assert all(np.isfinite(r["deviance_ratio"]) for r in pooled)
+    assert (report / "report.md").exists() and list(report.glob("*.png"))
+    # A rerun reuses the build, the bundle and re-evaluates: nothing is rebuilt.
+    bundle_mtime = (Path(out["bundle"]) / "weights.safetensors").stat().st_mtime_ns
+    run_demo(load_config(cfg_path))
+    assert (Path(out["bundle"]) / "weights.safetensors").stat().st_mtime_ns == bundle_mtime
