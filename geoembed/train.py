@@ -545,6 +545,15 @@ def train(cfg: Config, *, resume: bool = True, overwrite: bool = False,
         torch.set_num_threads(threads)
 
 
+def _finished_bundle(path: Path, fingerprint: str) -> Path | None:
+    """The bundle at ``path`` if a finished run with this fingerprint wrote it, else None."""
+    try:
+        metrics = json.loads((path / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return path if metrics.get("run_fingerprint") == fingerprint and (path / "geoembed.json").exists() else None
+
+
 def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int | None,
            data: TrainData | None) -> dict:
     tc = cfg.train
@@ -558,6 +567,10 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
     if tc.batch_size % world:
         raise ConfigError(f"train.batch_size {tc.batch_size} is not divisible by the {world} processes")
     fingerprint = _run_fingerprint(cfg, data.fingerprint, seed)
+    done = _finished_bundle(workdir / BUNDLE_DIR, fingerprint)
+    if done is not None and not overwrite and resume:
+        log.info("bundle %s is up to date with these settings and data; nothing to train", done)
+        return {"stopped": "up_to_date", "bundle": str(done), "metrics": json.loads((done / "metrics.json").read_text())}
     if ckpt.exists() and rank == 0:
         old = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").is_file() else {}
         if overwrite or not resume:
@@ -675,6 +688,7 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
                                            "n_train", "n_val")}
         metrics.update({k: best_row.get(k) for k in ("val_top1", "val_top5", "chance_top1", "train_loss",
                                                       "temperature")})
+        metrics["run_fingerprint"] = fingerprint
         enc = model.coord.to("cpu").eval()
         from geoembed.io.bundle import save_bundle
 
