@@ -31,6 +31,8 @@ def _positive_int(text: str) -> int:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``geoembed enrich`` (and of ``geoembed enrich fit-reduction``)."""
+    from geoembed.enrich.core import DEFAULT_EMBED_BATCH
+
     parser.description = __doc__.split("\n\n")[0] if __doc__ else None
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__.split("\n\n", 1)[1] if __doc__ else None
@@ -49,8 +51,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                              "(empty embeddings and a geoembed_invalid reason)")
     parser.add_argument("--chunk-rows", type=_positive_int, default=262_144,
                         help="rows per streamed chunk (default 262144)")
-    parser.add_argument("--embed-batch", type=_positive_int, default=4096,
-                        help="rows per encoder call (default 4096)")
+    parser.add_argument("--embed-batch", type=_positive_int, default=DEFAULT_EMBED_BATCH,
+                        help=f"rows per encoder call (default {DEFAULT_EMBED_BATCH})")
     parser.add_argument("--workers", type=_positive_int, default=None,
                         help="embedding threads for a file, Dask workers for a local folder run "
                              "(default: the number of cores, at most 8)")
