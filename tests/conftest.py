@@ -22,3 +22,18 @@ def olinda_dir() -> Path:
 @pytest.fixture(scope="session")
 def helsinki_pbf() -> Path:
     return DATA / "helsinki" / "Helsinki.osm.pbf"
+
+
+@pytest.fixture(scope="session")
+def bundle_path(tmp_path_factory) -> Path:
+    """A tiny untrained bundle over the Olinda kit (geoembed.testing.bundles)."""
+    from geoembed.testing.bundles import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "bundle", seed=0)
+
+
+@pytest.fixture(scope="session")
+def bundle(bundle_path):
+    from geoembed.io.bundle import load_bundle
+
+    return load_bundle(bundle_path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -24,38 +23,8 @@ from geoembed.enrich.core import (
 )
 from geoembed.enrich.support import SupportIndex, haversine_km
 from geoembed.errors import GeoembedError, InputError
-
-# A small footprint around Olinda (lon -34.92..-34.82, lat -8.04..-7.95).
-FOOTPRINT = shapely.box(-34.917, -8.041, -34.826, -7.950)
-SPEC = {
-    "encodings": [{"type": "local_multiscale", "center_lon": -34.87, "center_lat": -7.995,
-                   "min_wavelength_m": 300.0, "max_wavelength_m": 20000.0, "n_scales": 4,
-                   "n_directions": 2}],
-    "network": {"type": "mlp", "hidden": [16]},
-    "embedding_dim": 4,
-}
-EMB = [f"emb_{i}" for i in range(4)]
-
-
-@pytest.fixture(scope="session")
-def bundle_path(tmp_path_factory) -> Path:
-    import torch
-
-    from geoembed.io.bundle import build_coordinate_encoder, save_bundle
-
-    torch.manual_seed(0)
-    enc = build_coordinate_encoder(SPEC)
-    path = tmp_path_factory.mktemp("bundle") / "bundle"
-    save_bundle(path, enc, enc.spec, footprint=FOOTPRINT, out_of_support_km=2.0, config={"test": True},
-                metrics={}, data_fingerprint="test")
-    return path
-
-
-@pytest.fixture(scope="session")
-def bundle(bundle_path):
-    from geoembed.io.bundle import load_bundle
-
-    return load_bundle(bundle_path)
+from geoembed.testing.bundles import OLINDA_BOX as FOOTPRINT
+from geoembed.testing.bundles import TINY_EMB as EMB
 
 
 def inside_points(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -10,44 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import shapely
 
 from geoembed.cli import main as cli_main
 from geoembed.enrich.parts import SUMMARY_FILE, enrich_directory, read_directory_summary
 from geoembed.enrich.reduction import Reduction
 from geoembed.errors import InputError
+from geoembed.testing.bundles import TINY_EMB as EMB
 
 ROOT = Path(__file__).resolve().parents[1]
-FOOTPRINT = shapely.box(-34.917, -8.041, -34.826, -7.950)
-SPEC = {
-    "encodings": [{"type": "local_multiscale", "center_lon": -34.87, "center_lat": -7.995,
-                   "min_wavelength_m": 300.0, "max_wavelength_m": 20000.0, "n_scales": 4,
-                   "n_directions": 2}],
-    "network": {"type": "mlp", "hidden": [16]},
-    "embedding_dim": 4,
-}
-EMB = [f"emb_{i}" for i in range(4)]
-
-
-@pytest.fixture(scope="session")
-def bundle_path(tmp_path_factory):
-    import torch
-
-    from geoembed.io.bundle import build_coordinate_encoder, save_bundle
-
-    torch.manual_seed(2)
-    enc = build_coordinate_encoder(SPEC)
-    path = tmp_path_factory.mktemp("pbundle") / "bundle"
-    save_bundle(path, enc, enc.spec, footprint=FOOTPRINT, out_of_support_km=2.0, config={}, metrics={},
-                data_fingerprint="test")
-    return path
-
-
-@pytest.fixture(scope="session")
-def bundle(bundle_path):
-    from geoembed.io.bundle import load_bundle
-
-    return load_bundle(bundle_path)
 
 
 def part_table(n: int, seed: int) -> pa.Table:

@@ -7,7 +7,6 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
-import shapely
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression, PoissonRegressor
@@ -17,36 +16,6 @@ from sklearn.utils.estimator_checks import check_estimator
 
 from geoembed import LocationEmbedder
 from geoembed.errors import InputError
-
-FOOTPRINT = shapely.box(-34.917, -8.041, -34.826, -7.950)
-SPEC = {
-    "encodings": [{"type": "local_multiscale", "center_lon": -34.87, "center_lat": -7.995,
-                   "min_wavelength_m": 300.0, "max_wavelength_m": 20000.0, "n_scales": 4,
-                   "n_directions": 2}],
-    "network": {"type": "mlp", "hidden": [16]},
-    "embedding_dim": 4,
-}
-
-
-@pytest.fixture(scope="session")
-def bundle_path(tmp_path_factory):
-    import torch
-
-    from geoembed.io.bundle import build_coordinate_encoder, save_bundle
-
-    torch.manual_seed(1)
-    enc = build_coordinate_encoder(SPEC)
-    path = tmp_path_factory.mktemp("skbundle") / "bundle"
-    save_bundle(path, enc, enc.spec, footprint=FOOTPRINT, out_of_support_km=2.0, config={}, metrics={},
-                data_fingerprint="test")
-    return path
-
-
-@pytest.fixture(scope="session")
-def bundle(bundle_path):
-    from geoembed.io.bundle import load_bundle
-
-    return load_bundle(bundle_path)
 
 
 def policies(n=400, seed=0) -> pd.DataFrame:

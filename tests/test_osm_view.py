@@ -223,6 +223,42 @@ def test_disk_index_equals_brute_force(kind):
             np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-6)
 
 
+def test_count_ties_on_the_circle_are_exact():
+    """Points exactly on the circle count (hypot <= r, as the brute force); just outside do not."""
+    q = np.array([[1000.0, 2000.0], [1013.0, 2007.0]])
+    ring = np.array([(3, 4), (-4, 3), (0, -5), (5, 0), (-3, -4)], dtype=float)  # |.| = 5 exactly
+    pts = np.vstack([q[0] + ring, q[1] + ring, q[0] + ring * (1 + 1e-15), q[0] + [5.0 + 1e-12, 0.0],
+                     q[0] + [0.0, 4.999999999]])
+    cat = np.r_[np.zeros(10, int), np.ones(7, int)]
+    for cell in (0.7, 2.0, 30.0):
+        idx = DiskIndex.build("count", pts, cat, 2, cell)
+        got = idx.query(q[:, 0], q[:, 1], 5.0, batch=1)
+        want = np.array([[(np.hypot(*(pts[cat == k] - p).T) <= 5.0).sum() for k in (0, 1)] for p in q])
+        np.testing.assert_array_equal(got, want)
+        # ties count; ring * (1 + 1e-15) rounds back onto the circle; 5 + 1e-12 is out, 4.999999999 in
+        assert got[0, 0] == 5 and got[1, 0] == 5 and got[0, 1] == 6 and got[1, 1] == 0
+
+
+def test_query_order_and_batches_do_not_change_results():
+    rng = np.random.default_rng(7)
+    p = rng.uniform(0, 3000, (4000, 2))
+    seg = np.hstack([p, p + rng.uniform(-20, 20, (4000, 2))])
+    idx = DiskIndex.build("length", seg, rng.integers(0, 2, 4000), 2, 25.0)
+    qx, qy = rng.uniform(-100, 3100, 300), rng.uniform(-100, 3100, 300)
+    ref = idx.query(qx, qy, 400.0, batch=300)
+    perm = rng.permutation(300)
+    np.testing.assert_allclose(idx.query(qx[perm], qy[perm], 400.0, batch=7), ref[perm], rtol=1e-12, atol=1e-9)
+
+
+def test_tune_malloc_on_linux():
+    import sys
+
+    from geoembed.views.osm_geom import tune_malloc
+
+    assert tune_malloc() is sys.platform.startswith("linux")
+    assert tune_malloc() is sys.platform.startswith("linux")  # idempotent
+
+
 def test_area_index_vs_shapely():
     """Overlapping rectangles, a polygon with a hole and big polygons against shapely intersections."""
     rng = np.random.default_rng(4)
@@ -401,6 +437,42 @@ def test_build_resume_recomputes_only_missing_chunks(tmp_path, synth, monkeypatc
     assert calls == []
     with pytest.raises(InputError, match="different inputs"):
         build_osm_view(cfg.model_copy(update={"radii_m": [300.0]}), locs, out, dask_cfg=dcfg)
+
+
+def test_process_workers_give_the_same_store(tmp_path, synth):
+    """Worker processes read the prepared features from a scratch file (removed afterwards) and write
+    the same rows as the threaded run."""
+    pq = write_features_parquet(synth.drop(columns="gtype"), tmp_path / "f.parquet")
+    cfg = OsmViewConfig(name="osm", source=str(pq), radii_m=[150.0, 500.0])
+    locs = _locs(40)
+    a = build_osm_view(cfg, locs, tmp_path / "threads", dask_cfg=DaskConfig(chunk_size=15))
+    b = build_osm_view(cfg, locs, tmp_path / "procs",
+                       dask_cfg=DaskConfig(chunk_size=15, scheduler="processes", num_workers=2))
+    for k in ("hex", "radius", "distance", "valid"):
+        np.testing.assert_array_equal(b.read(k), a.read(k))
+    assert not list((tmp_path / "procs").glob(".prepared*"))
+
+
+def test_process_policy():
+    use = osm_mod._use_processes
+    big = osm_mod.PROCESS_MIN_ROWS
+    assert use(None, 2, big) and use("threads", 2, big) and use("processes", 1, 10)
+    assert not use(None, 2, big - 1) and not use(None, 1, big) and not use("synchronous", 2, big)
+    assert not use("tcp://127.0.0.1:8786", 2, big)
+
+
+def test_prepared_round_trip(tmp_path, synth):
+    cat = load_catalogue()
+    lon, lat = _random_locations(25)
+    crs = metric_crs(lon, lat)
+    prep = prepare_osm(synth, cat, crs, radii_m=[200.0])
+    x, y = _project(lon, lat, crs)
+    path = osm_mod.save_prepared(prep, tmp_path / "p.pkl")
+    again = osm_mod.load_prepared(path)
+    assert osm_mod.load_prepared(path) is again  # read once per process
+    want, got = compute_osm_chunk(prep, x, y, lon, lat), compute_osm_chunk(again, x, y, lon, lat)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k])
 
 
 def test_helsinki_end_to_end(tmp_path, helsinki_pbf):
