@@ -6,8 +6,9 @@ cafes, hotels, pharmacies, schools, post offices, fire stations, benches; half u
 Gaussian clusters), 3% lines (2-5 vertex roads/streams of 50-400 m) and 3% polygons (90% 10-40 m
 buildings, the rest 100-600 m parks / residential land / water), uniform over a square city of
 ``--extent-m``; locations uniform over the same square. Work runs through
-geoembed.runtime.run_tasks (local threads) over chunks of ``--chunk-size`` locations, calling the
-same per-chunk function as build_osm_view.
+geoembed.runtime.run_tasks (local processes by default, as build_osm_view for large local runs; or
+``--scheduler threads``) over chunks of ``--chunk-size`` locations, calling the same per-chunk function
+as build_osm_view.
 
     .venv/bin/python benchmarks/bench_osm.py --n-locations 1000000 --n-features 1000000
 """
@@ -17,14 +18,20 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 
 def _chunk(prep, x, y, lon, lat, parts) -> int:
-    from geoembed.views.osm import compute_osm_chunk
+    from geoembed.views.osm import compute_osm_chunk, load_prepared
+    from geoembed.views.osm_geom import tune_malloc
 
+    tune_malloc()  # as build_osm_view's tasks
+    if isinstance(prep, str):  # worker process: read the prepared features once from the file
+        prep = load_prepared(prep)
     return int(compute_osm_chunk(prep, x, y, lon, lat, parts=parts)["valid"].sum())
 
 
@@ -40,6 +47,8 @@ def main() -> None:
     ap.add_argument("--max-distance", type=float, default=5000.0)
     ap.add_argument("--chunk-size", type=int, default=20_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--scheduler", choices=["processes", "threads"], default="processes",
+                    help="local Dask scheduler (build_osm_view uses processes for large local runs)")
     ap.add_argument("--no-distance", action="store_true", help="skip the distance timing")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -49,7 +58,7 @@ def main() -> None:
 
     from geoembed.runtime import run_tasks
     from geoembed.testing.osm import synthetic_features
-    from geoembed.views.osm import metric_crs, prepare_osm
+    from geoembed.views.osm import metric_crs, prepare_osm, save_prepared
     from geoembed.views.osm_catalogue import load_catalogue
 
     os.environ.setdefault("GEOEMBED_NO_PROGRESS", "1")
@@ -86,29 +95,44 @@ def main() -> None:
           f"with reach {prep.areas.h:.1f} m)")
     print(f"prepare (categorise, project, index, H3 of features): {t_prep:.1f} s", flush=True)
 
-    prep_d = dask.delayed(prep, traverse=False)
+    tmpdir = tempfile.TemporaryDirectory(prefix="bench_osm_")
+    if args.scheduler == "processes":  # as build_osm_view: ship the prepared features once, as a file
+        t = time.perf_counter()
+        prep_d = str(save_prepared(prep, Path(tmpdir.name) / "prepared.pkl"))
+        print(f"prepared features saved for worker processes in {time.perf_counter() - t:.1f} s", flush=True)
+    else:
+        prep_d = dask.delayed(prep, traverse=False)
     bounds = [(a, min(a + args.chunk_size, args.n_locations)) for a in range(0, args.n_locations, args.chunk_size)]
 
     def run(parts: tuple[str, ...]) -> tuple[float, float]:
         tasks = [dask.delayed(_chunk, pure=False)(prep_d, x[a:b], y[a:b], lon[a:b], lat[a:b], parts)
                  for a, b in bounds]
-        t0, c0 = time.perf_counter(), time.process_time()
-        run_tasks(tasks, scheduler="threads", num_workers=args.workers, desc="chunks")
-        return time.perf_counter() - t0, time.process_time() - c0
+        t0, c0 = time.perf_counter(), _cpu_seconds()
+        run_tasks(tasks, scheduler=args.scheduler, num_workers=args.workers, desc="chunks")
+        return time.perf_counter() - t0, _cpu_seconds() - c0
 
-    # wall time on `--workers` threads, and CPU seconds of this process (robust on a shared box)
+    # wall time on `--workers` threads or processes, and CPU seconds of this process and its finished
+    # worker processes (robust on a shared box; each run's process pool ends with the run). Worker
+    # start-up (imports, reading the prepared features) counts in both.
     t_hex, c_hex = run(("hex",))
     t_rad, c_rad = run(("radius",))
     print(f"hex tensor: {t_hex:.1f} s wall, {c_hex:.1f} s CPU ({args.n_locations / t_hex:,.0f} loc/s)", flush=True)
     print(f"radius aggregates: {t_rad:.1f} s wall, {c_rad:.1f} s CPU ({args.n_locations / t_rad:,.0f} loc/s)", flush=True)
-    print(f"hex + radius: {t_hex + t_rad:.1f} s wall, {c_hex + c_rad:.1f} s CPU on {args.workers} threads", flush=True)
+    print(f"hex + radius: {t_hex + t_rad:.1f} s wall, {c_hex + c_rad:.1f} s CPU on {args.workers} {args.scheduler}", flush=True)
     if not args.no_distance:
         t_dist, c_dist = run(("distance",))
         print(f"distances ({len(cat.names)} categories): {t_dist:.1f} s wall, {c_dist:.1f} s CPU "
               f"({args.n_locations / t_dist:,.0f} loc/s)")
     print(f"load average during the run: {os.getloadavg()[0]:.1f} (machine cores: {os.cpu_count()})", flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: {rss:,.0f} MiB", flush=True)
+    print(f"peak RSS of the driver: {rss:,.0f} MiB", flush=True)  # (a worker holds one prepared copy)
+    tmpdir.cleanup()
+
+
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process plus its waited-for child processes."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
 
 
 if __name__ == "__main__":

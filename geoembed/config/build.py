@@ -11,7 +11,9 @@ from geoembed.config.base import Section
 
 class DaskConfig(Section):
     """Where Dask tasks run. ``scheduler`` (or env GEOEMBED_SCHEDULER) is a distributed scheduler
-    address such as ``tcp://10.0.0.5:8786``; when unset, the local threaded scheduler is used."""
+    address such as ``tcp://10.0.0.5:8786``, or one of the local schedulers ``threads``,
+    ``processes``, ``synchronous``. When unset, tasks run locally: on threads, except a large OSM
+    view (100,000 rows or more), whose GIL-bound kernels run in worker processes."""
 
     scheduler: str | None = None
     num_workers: int | None = Field(default=None, ge=1)

@@ -15,7 +15,12 @@ inside the disk (the disk is convex) and are summed through the prefix sums; cel
 anchors within ``R + h`` but are not wholly inside are rim cells, whose primitives are classified by
 their own reach (wholly in, wholly out) and, when they cross the circle, evaluated exactly in closed
 form. Work is proportional to the rows of the disk plus the primitives near its rim, not to all
-primitives inside it.
+primitives inside it. Queries run in batches in spatial order (neighbouring disks share cache lines);
+a batch expands all its rim cell ranges into (query, primitive) pairs at once from the cell-sorted
+(CSR) arrays, and squared anchor distances sort the pairs into surely in, surely out and a thin band
+classified exactly (counts: ``hypot <= R`` as a brute force would; lines and edges: by their reach,
+then the closed forms below for those crossing the circle). The kernels are numpy glue: for large
+runs, call :func:`tune_malloc` in the worker (freed temporaries then stay mapped).
 
 Areas use Green's theorem: ``area(P ∩ D) = ∮ x dy`` over the boundary of ``P ∩ D``, which is the part
 of P's boundary inside D (edges oriented with the interior on the left: a per-edge, centre-independent
@@ -53,6 +58,37 @@ HEX_OFFSETS = np.array([(di, dj) for di in range(-3, 4) for dj in range(-3, 4) i
 HEX_MASK = np.zeros((7, 7), dtype=np.float32)
 HEX_MASK[3 + HEX_OFFSETS[:, 0], 3 + HEX_OFFSETS[:, 1]] = 1.0
 HEX_STENCIL = np.array([[1, 1, 0], [1, 1, 1], [0, 1, 1]], dtype=np.float32)
+
+
+_MALLOC_TUNED = False
+
+
+def tune_malloc() -> bool:
+    """Keep freed heap memory mapped in this process (glibc; a no-op elsewhere). Returns whether set.
+
+    A disk query allocates and frees many temporaries of a few MB per batch. glibc's defaults hand
+    such blocks back to the kernel (mmap / heap trimming), and every reuse then page-faults and
+    zeroes fresh pages: about half the query time. Raising the mmap and trim thresholds keeps them
+    in the heap (at most ~1 GiB stays mapped). Process-wide, so only build tasks call it.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return True
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    _MALLOC_TUNED = bool(mallopt(m_mmap_threshold, 32 << 20) and mallopt(m_trim_threshold, 1 << 30)
+                         and mallopt(m_top_pad, 64 << 20))
+    return _MALLOC_TUNED
 
 
 # ---------------------------------------------------------------------------- primitives
@@ -133,60 +169,71 @@ def polygon_edges(geoms: np.ndarray, max_part: float) -> tuple[np.ndarray, np.nd
 
 
 # ---------------------------------------------------------------------------- closed-form kernels
-def _clip_params(px, py, dx, dy, r):
-    """Parameters t1 <= t2 in [0, 1] where segment p + t d is inside the circle |.| = r (t1 = t2 if
-    it never is). Coordinates are relative to the circle's centre."""
+def _chord(seg: np.ndarray, qx, qy, r: float) -> tuple:
+    """Relative start ``p``, direction ``d`` and the roots ``t1 <= t2`` of ``|p + t d| = r`` of each
+    segment (``t1 = t2 = -b / a`` when the line misses the circle); coordinates relative to the centre."""
+    px = seg[:, 0] - qx
+    py = seg[:, 1] - qy
+    dx = seg[:, 2] - seg[:, 0]
+    dy = seg[:, 3] - seg[:, 1]
     a = dx * dx + dy * dy
     b = px * dx + py * dy
     c = px * px + py * py - r * r
     disc = b * b - a * c
-    ok = (disc > 0) & (a > 0)
-    sq = np.sqrt(np.where(ok, disc, 0.0))
-    aa = np.where(a > 0, a, 1.0)
-    t1 = np.where(ok, np.clip((-b - sq) / aa, 0.0, 1.0), 0.0)
-    t2 = np.where(ok, np.clip((-b + sq) / aa, 0.0, 1.0), 0.0)
-    return t1, t2
+    np.maximum(disc, 0.0, out=disc)
+    sq = np.sqrt(disc, out=disc)
+    a[a <= 0] = 1.0  # degenerate segment: b = 0, sq = 0, both roots 0
+    nb = -b
+    r1 = (nb - sq) / a
+    r2 = np.add(nb, sq, out=nb)
+    r2 /= a
+    return px, py, dx, dy, r1, r2
 
 
 def segment_length_in_disk(seg: np.ndarray, qx: np.ndarray, qy: np.ndarray, r: float) -> np.ndarray:
     """Length of each segment ``(x0, y0, x1, y1)`` inside the disk of radius ``r`` around ``(qx, qy)``."""
-    px, py = seg[:, 0] - qx, seg[:, 1] - qy
-    dx, dy = seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1]
-    t1, t2 = _clip_params(px, py, dx, dy, r)
-    return np.hypot(dx, dy) * (t2 - t1)
+    seg = np.asarray(seg, dtype=np.float64)
+    _, _, dx, dy, r1, r2 = _chord(seg, qx, qy, r)
+    t1 = np.clip(r1, 0.0, 1.0, out=r1)
+    t2 = np.clip(r2, 0.0, 1.0, out=r2)
+    t2 -= t1
+    return np.hypot(dx, dy) * t2
 
 
-def _green_integral(seg: np.ndarray, qx: np.ndarray, qy: np.ndarray, r: float, x0: float,
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def _green_integral(seg: np.ndarray, qx: np.ndarray, qy: np.ndarray, r: float, x0: float) -> np.ndarray:
     """For oriented polygon edges and disks (centre q, radius r): the line integral of x dy over the
     part of each edge inside the disk (x measured from ``x0``), plus the crossing term
-    ``-sum(delta * G(theta))`` of the disk's boundary arcs (module docstring). Returns both summed."""
-    px, py = seg[:, 0] - qx, seg[:, 1] - qy
-    dx, dy = seg[:, 2] - seg[:, 0], seg[:, 3] - seg[:, 1]
-    a = dx * dx + dy * dy
-    b = px * dx + py * dy
-    c = px * px + py * py - r * r
-    disc = b * b - a * c
-    ok = (disc > 0) & (a > 0)
-    sq = np.sqrt(np.where(ok, disc, 0.0))
-    aa = np.where(a > 0, a, 1.0)
-    r1, r2 = (-b - sq) / aa, (-b + sq) / aa
-    t1 = np.where(ok, np.clip(r1, 0.0, 1.0), 0.0)
-    t2 = np.where(ok, np.clip(r2, 0.0, 1.0), 0.0)
-    cx = qx - x0
-    # x dy along the clipped piece (absolute x = cx + relative x)
-    xa, xb = px + t1 * dx, px + t2 * dx
-    line = (cx + (xa + xb) / 2) * (t2 - t1) * dy
-    arcs = np.zeros_like(line)
-    for root, sign in ((r1, -1.0), (r2, 1.0)):  # entering the disk: -1 (leave P going CCW); exiting: +1
-        hit = ok & (root >= 0.0) & (root < 1.0)
-        if hit.any():
-            ex = px[hit] + root[hit] * dx[hit]
-            ey = py[hit] + root[hit] * dy[hit]
-            th = np.mod(np.arctan2(ey, ex), 2 * np.pi)
-            g = cx[hit] * r * np.sin(th) + r * r * (th / 2 + np.sin(2 * th) / 4)
-            arcs[hit] -= sign * g
-    return line + arcs
+    ``-sum(delta * G(theta))`` of the disk's boundary arcs (module docstring). Returns both summed.
+
+    With ``(ex, ey)`` the crossing relative to the centre, ``sin θ = ey / r`` and ``sin 2θ = 2 ex ey / r²``,
+    so ``G(θ) = ey (cx + ex / 2) + r² θ / 2``: one arctan2 per crossing.
+    """
+    px, py, dx, dy, r1, r2 = _chord(seg, qx, qy, r)
+    # a root in [0, 1) is a crossing: r1 enters the disk (delta -1), r2 leaves it (delta +1); a line
+    # missing the circle has r1 = r2 and crosses nowhere
+    h1 = np.flatnonzero((r1 >= 0.0) & (r1 < 1.0) & (r1 < r2))
+    h2 = np.flatnonzero((r2 >= 0.0) & (r2 < 1.0) & (r1 < r2))
+    t1 = np.clip(r1, 0.0, 1.0)
+    t2 = np.clip(r2, 0.0, 1.0)
+    # x dy along the clipped piece: absolute x (from x0) at its middle times its dy
+    xm = (t1 + t2) * 0.5
+    xm *= dx
+    xm += seg[:, 0] - x0
+    t2 -= t1
+    t2 *= dy
+    line = xm * t2
+    hit = np.concatenate([h1, h2])
+    if len(hit):
+        root = np.concatenate([r1[h1], r2[h2]])
+        ex = px[hit] + root * dx[hit]
+        ey = py[hit] + root * dy[hit]
+        th = np.arctan2(ey, ex)
+        th[th < 0] += 2 * np.pi  # angle in [0, 2 pi) from the reference point q + (r, 0)
+        cx = (qx[hit] if np.ndim(qx) else qx) - x0
+        g = ey * (cx + ex * 0.5) + (0.5 * r * r) * th
+        g[len(h1):] *= -1.0
+        line += np.bincount(hit, weights=g, minlength=len(line))
+    return line
 
 
 # ---------------------------------------------------------------------------- the grid index
@@ -212,7 +259,7 @@ class DiskIndex:
     cat: np.ndarray
     cell_start: np.ndarray
     prefix: np.ndarray
-    anchor: np.ndarray  # (2, m): x row, y row (contiguous for fast gathers)
+    anchor: np.ndarray  # (m, 2) x, y of each primitive's anchor (one cache line per gather)
     value: np.ndarray
     radius: np.ndarray
     polygons: np.ndarray | None = None
@@ -279,7 +326,7 @@ class DiskIndex:
             polygons = np.asarray(polygons if polygons is not None else [], dtype=object)
             polygon_cat = np.asarray(polygon_cat if polygon_cat is not None else [], dtype=np.int64)
         return cls(kind, n_cat, cell, float(lo[0]), float(lo[1]), nrows, ncols, h, data, cat, cell_start, prefix,
-                   np.ascontiguousarray(anchor.T), value, rad, polygons, polygon_cat)
+                   np.ascontiguousarray(anchor), value, rad, polygons, polygon_cat)
 
     def winding(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """(n, n_cat) number of (area-kind) polygons of each category containing each point."""
@@ -293,7 +340,7 @@ class DiskIndex:
         np.add.at(out, (qi, self.polygon_cat[ti]), 1.0)
         return out
 
-    def query(self, qx: np.ndarray, qy: np.ndarray, r: float, batch: int = 2048) -> np.ndarray:
+    def query(self, qx: np.ndarray, qy: np.ndarray, r: float, batch: int = 256) -> np.ndarray:
         """(n, n_cat) sums of the primitives' measure inside the disks of radius ``r`` around the
         query points (count of points; metres of line; square metres of polygon)."""
         qx = np.asarray(qx, dtype=np.float64)
@@ -301,8 +348,14 @@ class DiskIndex:
         out = np.zeros((len(qx), self.n_cat))
         if self.n_cat == 0 or len(self.data) == 0:
             return out
+        # Queries in spatial order (row-major over cells of about r): neighbouring disks of a batch
+        # read the same prefix rows and rim primitives, which stay in cache.
+        s_ = max(float(r), self.cell)
+        key = np.floor((qy - self.y0) / s_) * (self.ncols * self.cell / s_ + 2.0) + np.floor((qx - self.x0) / s_)
+        order = np.argsort(key, kind="stable")
+        sx, sy = qx[order], qy[order]
         for s in range(0, len(qx), batch):
-            out[s:s + batch] = self._query(qx[s:s + batch], qy[s:s + batch], float(r))
+            out[order[s:s + batch]] = self._query(sx[s:s + batch], sy[s:s + batch], float(r))
         if self.kind == "area":  # arcs: polygons containing the reference point (q + (r, 0)) x disk area
             out += self.winding(qx + r, qy) * (np.pi * r * r)
         return out
@@ -341,59 +394,97 @@ class DiskIndex:
         return self._collect(qx, qy, r, self._rows(qx, qy, r))
 
     def _collect(self, qx: np.ndarray, qy: np.ndarray, r: float, rowinfo: tuple) -> np.ndarray:
-        """Sums for a batch given the row ranges of :meth:`_rows` (prefix sums inside, exact on the rim)."""
+        """Sums for a batch given the row ranges of :meth:`_rows` (prefix sums inside, exact on the rim).
+
+        The rim primitives of all (query, row) pairs are gathered at once from the cell-sorted (CSR)
+        arrays: per query and row, the cells ``[c0, a)`` and ``(b, c1]`` are contiguous primitive index
+        ranges, expanded with a single cumulative sum. Squared anchor distances split the pairs into
+        surely inside, surely outside and a thin band that is classified (and, when crossing the
+        circle, evaluated) exactly.
+        """
         rows, rowok, inner_ok, a, b, c0, c1 = rowinfo
         n = len(qx)
+        nc = self.n_cat
         rr = np.clip(rows, 0, self.nrows - 1)
-        out = np.zeros((n, self.n_cat))
-        if inner_ok.any():
-            qi, ki = np.nonzero(inner_ok)
-            rsel = rr[qi, ki]
-            flat = self.prefix.reshape(-1, self.n_cat)  # rows of (ncols + 1) prefix entries
-            base_p = rsel * (self.ncols + 1)
-            vals = np.take(flat, base_p + b[qi, ki] + 1, axis=0) - np.take(flat, base_p + a[qi, ki], axis=0)
-            out += _segment_sum(qi, vals, n)
+        out = np.zeros((n, nc))
+        if inner_ok.any():  # rows without an inner range read prefix entry 0 twice: difference 0
+            flat = self.prefix.reshape(-1, nc)  # rows of (ncols + 1) prefix entries
+            base_p = rr * (self.ncols + 1)
+            hi_i = np.where(inner_ok, base_p + b + 1, 0).ravel()
+            lo_i = np.where(inner_ok, base_p + a, 0).ravel()
+            vals = np.take(flat, hi_i, axis=0, mode="clip")  # indices are in range: no checks
+            vals -= np.take(flat, lo_i, axis=0, mode="clip")
+            out += vals.reshape(n, -1, nc).sum(axis=1)
+        # Rim ranges; rows outside the grid have c0 = 0, c1 = -1, a = 0, b = -1: both ranges empty.
         base = rr * self.ncols
         st = self.cell_start
-        lo_l = st[base + c0]
-        hi_l = st[base + a]
-        lo_r = st[base + b + 1]
-        hi_r = st[base + c1 + 1]
-        ok2 = np.concatenate([rowok, rowok], axis=1)
-        lo = np.where(ok2, np.concatenate([lo_l, lo_r], axis=1), 0).ravel()
-        hi = np.where(ok2, np.concatenate([hi_l, hi_r], axis=1), 0).ravel()
-        cnt = hi - lo
-        total = int(cnt.sum())
+        lo = np.concatenate([st[base + c0], st[base + b + 1]], axis=1)
+        cnt = np.concatenate([st[base + a], st[base + c1 + 1]], axis=1)
+        cnt -= lo
+        qcnt = cnt.sum(axis=1)
+        total = int(qcnt.sum())
         if total == 0:
             return out
-        qid = np.repeat(np.repeat(np.arange(n), 2 * rows.shape[1]), cnt)
-        pid = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt) + np.repeat(lo, cnt)
-        px, py = qx[qid], qy[qid]
-        dist = np.hypot(np.take(self.anchor[0], pid) - px, np.take(self.anchor[1], pid) - py)
+        lo, cnt = lo.ravel(), cnt.ravel()
+        nz = np.flatnonzero(cnt)
+        lo, cnt = lo[nz], cnt[nz]
+        step = np.ones(total, dtype=np.int64)  # pid = cumsum(step): runs lo .. lo + cnt - 1
+        starts = np.cumsum(cnt[:-1])
+        step[0] = lo[0]
+        step[starts] = lo[1:] - (lo[:-1] + cnt[:-1] - 1)
+        pid = np.cumsum(step, out=step)
+        qid = np.repeat(np.arange(n, dtype=np.int64), qcnt)
+        anc = np.take(self.anchor, pid, axis=0, mode="clip")  # (total, 2): one gather per pair
+        d2 = anc[:, 0] - np.repeat(qx, qcnt)
+        d2 *= d2
+        dy = anc[:, 1] - np.repeat(qy, qcnt)
+        dy *= dy
+        d2 += dy
+        del dy, anc
+        eps = 1e-12  # squared distances are within a few ulps: margins for the sure classes
         if self.kind == "count":
-            v = (dist <= r).astype(np.float64)
-        else:
-            # Wholly inside / wholly outside by the primitive's own reach; exact kernel on the rest.
-            rad = self.radius[pid]
-            v = np.where(dist + rad <= r, self.value[pid], 0.0)
-            cross = np.flatnonzero((dist + rad > r) & (dist - rad < r))
+            r2 = r * r
+            inside = d2 <= r2 * (1 - eps)
+            band = np.flatnonzero((d2 > r2 * (1 - eps)) & (d2 <= r2 * (1 + eps)))
+            sel = np.flatnonzero(inside)
+            if len(band):  # exact test as in the brute force: hypot <= r
+                bp = pid[band]
+                bq = qid[band]
+                ok = np.hypot(self.anchor[bp, 0] - qx[bq], self.anchor[bp, 1] - qy[bq]) <= r
+                sel = np.concatenate([sel, band[ok]])
+            key = qid[sel] * nc + np.take(self.cat, pid[sel], mode="clip")
+            out += np.bincount(key, minlength=n * nc).reshape(n, nc)
+            return out
+        # lines / polygon edges: every part of a primitive is within h of its anchor
+        h = self.h
+        in2 = (r - h) ** 2 * (1 - eps) if r > h else -1.0
+        out2 = (r + h) ** 2 * (1 + eps)
+        sure = np.flatnonzero(d2 <= in2)
+        band = np.flatnonzero((d2 > in2) & (d2 < out2))
+        ps = pid[sure]
+        keys = [qid[sure] * nc + np.take(self.cat, ps, mode="clip")]
+        wts = [np.take(self.value, ps, mode="clip")]
+        if len(band):
+            bp = pid[band]
+            bq = qid[band]
+            dist = np.sqrt(d2[band])
+            rad = np.take(self.radius, bp, mode="clip")
+            whole = dist + rad <= r
+            cross = np.flatnonzero(~whole & (dist - rad < r))
+            keys.append(bq[whole] * nc + self.cat[bp[whole]])
+            wts.append(self.value[bp[whole]])
             if len(cross):
-                d = self.data[pid[cross]]
+                cp, cq = bp[cross], bq[cross]
+                d = np.take(self.data, cp, axis=0, mode="clip")
                 if self.kind == "length":
-                    v[cross] = segment_length_in_disk(d, px[cross], py[cross], r)
+                    v = segment_length_in_disk(d, qx[cq], qy[cq], r)
                 else:
-                    v[cross] = _green_integral(d, px[cross], py[cross], r, self.x0)
-        out += np.bincount(qid * self.n_cat + self.cat[pid], weights=v,
-                           minlength=n * self.n_cat).reshape(n, self.n_cat)
+                    v = _green_integral(d, qx[cq], qy[cq], r, self.x0)
+                keys.append(cq * nc + self.cat[cp])
+                wts.append(v)
+        out += np.bincount(np.concatenate(keys), weights=np.concatenate(wts),
+                           minlength=n * nc).reshape(n, nc)
         return out
-
-
-def _segment_sum(idx: np.ndarray, vals: np.ndarray, n: int) -> np.ndarray:
-    """Sum rows of ``vals`` (k, c) into (n, c) by ``idx``."""
-    c = vals.shape[1]
-    flat = np.bincount((idx[:, None] * c + np.arange(c)[None, :]).ravel(), weights=vals.ravel(),
-                       minlength=n * c)
-    return flat.reshape(n, c)
 
 
 # ---------------------------------------------------------------------------- H3
