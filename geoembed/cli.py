@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     except GeoembedError as err:
         print(f"geoembed {known.command}: error: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print(f"geoembed {known.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130

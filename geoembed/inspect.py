@@ -86,8 +86,11 @@ def describe(path: str | Path) -> dict | list:
         from geoembed.io.locations import LOCATION_META_KEY_STR
 
         info = _parquet_table(p)
-        if LOCATION_META_KEY_STR in info["metadata"]:
+        meta = info["metadata"].get(LOCATION_META_KEY_STR)
+        if isinstance(meta, dict) and "sampling" in meta and "location_id" in info["columns"]:
             return _locations(p)
+        if isinstance(meta, dict) and "bundle" in meta:
+            info["artefact"] = "enriched table"
         return info
     raise InputError(f"{p}: not a geoembed artefact (expected a run folder, view store, bundle, report or Parquet)")
 
