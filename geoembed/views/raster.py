@@ -216,7 +216,9 @@ def source_pixel_frame(
     inv = ~transform
     coef = np.empty((n, 2, 5))
     centre = []
-    for k, f in enumerate((inv.a * x + inv.b * y + inv.c, inv.d * x + inv.e * y + inv.f)):
+    with np.errstate(invalid="ignore"):  # untransformable points are inf; they end up NaN and invalid
+        rows_cols = (inv.a * x + inv.b * y + inv.c, inv.d * x + inv.e * y + inv.f)
+    for k, f in enumerate(rows_cols):
         coef[:, k, 0] = (f[1] - f[2]) / (2 * h)
         coef[:, k, 1] = (f[3] - f[4]) / (2 * h)
         coef[:, k, 2] = (f[1] - 2 * f[0] + f[2]) / (2 * h * h)
