@@ -338,24 +338,30 @@ def _state_tensors(model: nn.Module, opt: torch.optim.Optimizer, best: dict[str,
 
 
 def save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
-                    best: dict[str, torch.Tensor] | None, info: dict) -> None:
+                    best: dict[str, torch.Tensor] | None, info: dict, ema: nn.Module | None = None) -> None:
     """Write ``state.safetensors`` + ``state.json`` into ``path`` atomically (no pickle)."""
     from safetensors.torch import save_file
 
     tensors, groups = _state_tensors(model, opt, best)
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous().clone() for k, v in ema.state_dict().items()})
     with atomic_path(path) as tmp:
         tmp.mkdir(parents=True)
         save_file(tensors, str(tmp / "state.safetensors"))
         (tmp / "state.json").write_text(json.dumps({**info, "param_groups": groups}, default=float))
 
 
-def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict | None]:
-    """Restore model and optimiser; returns (info, best weights or None)."""
+def load_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer,
+                    ema: nn.Module | None = None) -> tuple[dict, dict | None]:
+    """Restore model, optimiser (and the weight average); returns (info, best weights or None)."""
     from safetensors.torch import load_file
 
     info = json.loads((path / "state.json").read_text())
     tensors = load_file(str(path / "state.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema_state = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        ema.load_state_dict(ema_state if ema_state else model.state_dict())
     best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     state: dict[int, dict] = {}
     for k, v in tensors.items():
@@ -425,6 +431,15 @@ def train_step(model: MultiViewModel, opt: torch.optim.Optimizer, *, lon: torch.
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     return loss.detach()
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model for parameters; buffers are copied."""
+    for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
+        pe.lerp_(p.detach(), 1.0 - decay)
+    for be, b in zip(ema.buffers(), model.buffers(), strict=True):
+        be.copy_(b)
 
 
 def make_optimizer(model: MultiViewModel, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -545,13 +560,20 @@ def train(cfg: Config, *, resume: bool = True, overwrite: bool = False,
         torch.set_num_threads(threads)
 
 
-def _finished_bundle(path: Path, fingerprint: str) -> Path | None:
-    """The bundle at ``path`` if a finished run with this fingerprint wrote it, else None."""
+def _budget(tc: TrainConfig) -> dict:
+    """The training budget: left out of the run fingerprint (a resume may change it) but a finished
+    bundle only stands for the budget it was trained with."""
+    return {"epochs": tc.epochs, "patience": tc.patience, "max_minutes": tc.max_minutes}
+
+
+def _finished_bundle(path: Path, fingerprint: str, budget: dict) -> Path | None:
+    """The bundle at ``path`` if a finished run with this fingerprint and budget wrote it, else None."""
     try:
         metrics = json.loads((path / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    return path if metrics.get("run_fingerprint") == fingerprint and (path / "geoembed.json").exists() else None
+    same = metrics.get("run_fingerprint") == fingerprint and metrics.get("budget") == budget
+    return path if same and (path / "geoembed.json").exists() else None
 
 
 def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int | None,
@@ -567,7 +589,7 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
     if tc.batch_size % world:
         raise ConfigError(f"train.batch_size {tc.batch_size} is not divisible by the {world} processes")
     fingerprint = _run_fingerprint(cfg, data.fingerprint, seed)
-    done = _finished_bundle(workdir / BUNDLE_DIR, fingerprint)
+    done = _finished_bundle(workdir / BUNDLE_DIR, fingerprint, _budget(tc))
     if done is not None and not overwrite and resume:
         log.info("bundle %s is up to date with these settings and data; nothing to train", done)
         return {"stopped": "up_to_date", "bundle": str(done), "metrics": json.loads((done / "metrics.json").read_text())}
@@ -593,10 +615,15 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
     view_cfgs = _view_configs(cfg) if not tc.views else list(tc.views)
     model = MultiViewModel(tc, {n: v.shapes for n, v in data.views.items()}, spec, view_cfgs).to(device)
     opt = make_optimizer(model, tc, device)
+    ema = None
+    if tc.ema_decay:
+        import copy
+
+        ema = copy.deepcopy(model).requires_grad_(False)
     history: list[dict] = []
     start_epoch, best_loss, best_epoch, bad_epochs, best_state = 0, math.inf, -1, 0, None
     if ckpt.is_dir() and (ckpt / "state.json").is_file():
-        info, best_state = load_checkpoint(ckpt, model, opt)
+        info, best_state = load_checkpoint(ckpt, model, opt, ema)
         history = info["history"]
         start_epoch = info["epoch"] + 1
         best_loss, best_epoch, bad_epochs = info["best_loss"], info["best_epoch"], info["bad_epochs"]
@@ -641,8 +668,11 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
             inputs, valid = _batch_inputs(data, idx, dev_views)
             loss_sum += train_step(model, opt, lon=lon, lat=lat, inputs=inputs, valid=valid, amp=amp,
                                    grad_clip=tc.grad_clip, world=world)
+            if ema is not None:
+                ema_update(ema, model, tc.ema_decay)
         train_loss = float(loss_sum) / steps
-        ev = evaluate(model, data, val_idx, dev_views, device, gbatch, tc.retrieval_rows, amp)
+        judged = ema if ema is not None else model  # the weights that are validated and kept
+        ev = evaluate(judged, data, val_idx, dev_views, device, gbatch, tc.retrieval_rows, amp)
         elapsed = time.perf_counter() - t0
         row = {"epoch": epoch, "train_loss": train_loss, **ev, "temperature": model.loss.temperature,
                "seconds": elapsed, "samples_per_s": steps * gbatch / elapsed}
@@ -651,13 +681,13 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
         score = ev["val_loss"] if tc.monitor == "val_loss" else -ev.get(tc.monitor, -math.inf)
         if score < best_loss - tc.min_delta:
             best_loss, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in judged.state_dict().items()}
         else:
             bad_epochs += 1
         if rank == 0:
             save_checkpoint(ckpt, model, opt, best_state, {
                 "fingerprint": fingerprint, "epoch": epoch, "history": history, "best_loss": best_loss,
-                "best_epoch": best_epoch, "bad_epochs": bad_epochs})
+                "best_epoch": best_epoch, "bad_epochs": bad_epochs}, ema=ema)
             _write_metrics(run_dir, history)
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{ev['val_loss']:.3f}",
@@ -678,6 +708,8 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
     bar.close()
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif ema is not None:
+        model.load_state_dict(ema.state_dict())
     best_row = next((h for h in history if h["epoch"] == best_epoch), history[-1] if history else {})
     summary = {"stopped": stopped, "best_epoch": best_epoch, "monitor": tc.monitor,
                "best_val_loss": best_row.get("val_loss"),
@@ -689,6 +721,7 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
         metrics.update({k: best_row.get(k) for k in ("val_top1", "val_top5", "chance_top1", "train_loss",
                                                       "temperature")})
         metrics["run_fingerprint"] = fingerprint
+        metrics["budget"] = _budget(tc)
         enc = model.coord.to("cpu").eval()
         from geoembed.io.bundle import save_bundle
 
@@ -720,6 +753,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     cfg.require("train")
     summary = train(cfg, resume=not args.no_resume, overwrite=args.overwrite)
+    if summary.get("stopped") == "up_to_date":
+        print(f"bundle {summary['bundle']} is up to date with these settings and data: nothing to train")
+        return 0
     if "bundle" in summary:
         m = summary["metrics"]
         print(f"trained {summary['epochs_run']} epochs ({summary['stopped']}); best epoch {m['best_epoch']}: "

@@ -105,3 +105,15 @@ def test_failed_save_leaves_no_bundle(tmp_path):
                     metrics={}, data_fingerprint="x")
     assert not (tmp_path / "b").exists()
     assert not list(tmp_path.iterdir())
+
+
+def test_embedding_does_not_depend_on_batching(tmp_path):
+    """Every encoder call is padded to a minimum size: a row's embedding is the same however it is split."""
+    from geoembed.testing.bundles import make_tiny_bundle
+
+    b = load_bundle(make_tiny_bundle(tmp_path / "b"))
+    rng = np.random.default_rng(0)
+    lon, lat = rng.uniform(-34.91, -34.83, 8195), rng.uniform(-8.03, -7.96, 8195)
+    whole = b.embed(lon, lat)
+    np.testing.assert_array_equal(whole, b.embed(lon, lat, batch_size=512))
+    np.testing.assert_array_equal(whole[-3:], b.embed(lon[-3:], lat[-3:]))

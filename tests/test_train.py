@@ -159,6 +159,24 @@ def test_fixed_seed_identical_and_resume_matches(world, tmp_path):
     np.testing.assert_array_equal(ea, load_bundle(c / "bundle").embed(lon, lat))
 
 
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_finished_run_reused_and_a_larger_budget_resumes(world, tmp_path, ema_decay):
+    from geoembed.train import train
+
+    a = _fresh(world, tmp_path, "a")
+    b = _fresh(world, tmp_path, "b")
+    first = train(tiny_config(a, epochs=1, patience=None, ema_decay=ema_decay))
+    assert first["epochs_run"] == 1
+    assert train(tiny_config(a, epochs=1, patience=None, ema_decay=ema_decay))["stopped"] == "up_to_date"
+    # More epochs: the finished bundle no longer stands for the budget; training resumes from the checkpoint
+    # and ends where an uninterrupted 2-epoch run ends (EMA state included).
+    more = train(tiny_config(a, epochs=2, patience=None, ema_decay=ema_decay))
+    straight = train(tiny_config(b, epochs=2, patience=None, ema_decay=ema_decay))
+    assert more["epochs_run"] == 2
+    assert [h["train_loss"] for h in more["history"]] == [h["train_loss"] for h in straight["history"]]
+    assert [h["val_loss"] for h in more["history"]] == [h["val_loss"] for h in straight["history"]]
+
+
 def test_checkpoint_of_other_settings_is_an_error(world, tmp_path):
     from geoembed.errors import ConfigError
     from geoembed.train import train
@@ -217,6 +235,12 @@ def test_cli_train(world, tmp_path):
                        text=True, env=env, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "bundle:" in r.stdout and (wd / "bundle" / "weights.safetensors").is_file()
+    # Rerunning a finished run trains nothing and says so.
+    mtime = (wd / "bundle" / "weights.safetensors").stat().st_mtime_ns
+    r = subprocess.run([sys.executable, "-m", "geoembed.cli", "train", "-c", str(path)], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "up to date" in r.stdout and (wd / "bundle" / "weights.safetensors").stat().st_mtime_ns == mtime
     # A config whose workdir has no views fails with a message naming the folder.
     cfg["workdir"] = str(tmp_path / "empty")
     path.write_text(yaml.safe_dump(cfg))

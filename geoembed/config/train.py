@@ -107,6 +107,11 @@ class TrainConfig(Section):
     block_size_m: float = Field(default=2000.0, gt=0, description="blocks when locations lack block_id")
     jitter_m: float = Field(default=0.0, ge=0, description="Gaussian jitter of positive coordinates")
     grad_clip: float | None = Field(default=1.0, gt=0)
+    ema_decay: float | None = Field(
+        default=None, gt=0, lt=1,
+        description="keep an exponential moving average of the weights (per step); it is what is "
+        "validated, checkpointed as best and saved in the bundle",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = Field(default=True, description="bf16 autocast on CUDA")
     num_threads: int | None = Field(default=None, ge=1)

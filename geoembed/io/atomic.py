@@ -28,9 +28,17 @@ def atomic_path(target: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     try:
         yield tmp_path
         if tmp_path.is_dir():
+            # Move the old folder aside first, so that a kill at any moment leaves either the old
+            # or the new folder under ``target`` (or the old one beside it), never neither.
+            old = None
             if target.exists():
-                shutil.rmtree(target)
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(target, old)
             os.replace(tmp_path, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         else:
             with open(tmp_path, "rb+") as fh:
                 os.fsync(fh.fileno())

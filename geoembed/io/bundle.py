@@ -44,6 +44,7 @@ WEIGHTS = "weights.safetensors"
 META = "geoembed.json"
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
+_MIN_ROWS = 64
 _CHUNK = 4096  # rows per forward pass: keeps the (chunk, L^2) harmonics block in cache
 
 
@@ -189,8 +190,14 @@ class Bundle:
         with torch.inference_mode():
             for i in range(0, lon.size, chunk):
                 j = min(i + chunk, lon.size)
-                emb = self.encoder(lon=torch.from_numpy(lon[i:j]), lat=torch.from_numpy(lat[i:j]))
-                out[i:j] = emb.float().numpy()
+                # Pad short pieces to _MIN_ROWS: BLAS rounds tiny matrix products differently, and a
+                # row's embedding must not depend on how a table was split into calls.
+                pad = max(0, _MIN_ROWS - (j - i))
+                lo, la = lon[i:j], lat[i:j]
+                if pad:
+                    lo, la = np.concatenate([lo, np.repeat(lo[-1:], pad)]), np.concatenate([la, np.repeat(la[-1:], pad)])
+                emb = self.encoder(lon=torch.from_numpy(lo), lat=torch.from_numpy(la))
+                out[i:j] = emb.float().numpy()[: j - i]
         if bad.any():
             out[bad] = np.nan
         return out
