@@ -117,3 +117,12 @@ def test_embedding_does_not_depend_on_batching(tmp_path):
     whole = b.embed(lon, lat)
     np.testing.assert_array_equal(whole, b.embed(lon, lat, batch_size=512))
     np.testing.assert_array_equal(whole[-3:], b.embed(lon[-3:], lat[-3:]))
+
+
+def test_corrupt_side_files_are_named(tmp_path):
+    from geoembed.testing.bundles import make_tiny_bundle
+
+    path = make_tiny_bundle(tmp_path / "b")
+    (path / "metrics.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"metrics\.json is not valid JSON"):
+        load_bundle(path)

@@ -254,7 +254,13 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     for p in encoder.parameters():
         p.requires_grad_(False)
     fingerprint = "sha256:" + hashlib.sha256(weight_bytes + meta_bytes).hexdigest()
-    config = yaml.safe_load((path / CONFIG).read_text()) if (path / CONFIG).is_file() else {}
-    metrics = json.loads((path / METRICS).read_text()) if (path / METRICS).is_file() else {}
+    try:
+        config = yaml.safe_load((path / CONFIG).read_text()) if (path / CONFIG).is_file() else {}
+    except yaml.YAMLError as err:
+        raise InputError(f"bundle {path}: {CONFIG} is not valid YAML: {err}") from None
+    try:
+        metrics = json.loads((path / METRICS).read_text()) if (path / METRICS).is_file() else {}
+    except ValueError as err:
+        raise InputError(f"bundle {path}: {METRICS} is not valid JSON: {err}") from None
     return Bundle(path=path, meta=meta, encoder=encoder, fingerprint=fingerprint, config=config or {},
                   metrics=metrics)
