@@ -15,7 +15,7 @@ from pathlib import Path
 from geoembed.config import Config, load_config, save_resolved
 from geoembed.config.build import OsmViewConfig, RasterViewConfig
 from geoembed.errors import InputError
-from geoembed.io.atomic import file_fingerprint, text_fingerprint
+from geoembed.io.atomic import file_fingerprint, source_fingerprint, text_fingerprint
 from geoembed.io.locations import read_locations, read_locations_meta, write_locations
 from geoembed.io.viewstore import ViewStore
 
@@ -45,7 +45,7 @@ def build_locations(cfg: Config, overwrite: bool = False) -> tuple[Path, dict]:
     fingerprint = text_fingerprint({
         "locations": cfg.locations.model_dump(mode="json"),
         "seed": cfg.seed,
-        "coverage": {s: file_fingerprint(s) for s in cov},
+        "coverage": {s: source_fingerprint(s) for s in cov},
         "points": file_fingerprint(cfg.locations.points) if cfg.locations.points else None,
     })
     if path.exists():

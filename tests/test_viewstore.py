@@ -75,3 +75,16 @@ def test_bad_chunk_shapes_are_rejected(tmp_path):
 def test_open_non_store_is_clear(tmp_path):
     with pytest.raises(InputError, match="not a geoembed view store"):
         ViewStore.open(tmp_path)
+
+
+def test_source_fingerprint_remote_cached_and_missing(tmp_path):
+    from geoembed.io.atomic import file_fingerprint, source_fingerprint
+
+    assert source_fingerprint("/vsicurl/https://example.org/a.tif") == "remote:/vsicurl/https://example.org/a.tif"
+    p = tmp_path / "a.bin"
+    p.write_bytes(b"abc")
+    assert source_fingerprint(p) == file_fingerprint(p)
+    p.write_bytes(b"abcd")  # new size: a new fingerprint, not the cached one
+    assert source_fingerprint(p) == file_fingerprint(p)
+    with pytest.raises(InputError, match="does not exist"):
+        source_fingerprint(tmp_path / "missing.tif")

@@ -82,6 +82,27 @@ def file_fingerprint(path: str | os.PathLike, block: int = 1 << 20) -> str:
     return "sha256:" + h.hexdigest()
 
 
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def source_fingerprint(path: str | os.PathLike) -> str:
+    """Fingerprint of an input source: ``remote:<url>`` for GDAL remote paths (``s3://``, ``/vsicurl/``
+    ...), else the file's sha256, computed once per process for a given (path, size, mtime)."""
+    p = str(path)
+    if "://" in p or p.startswith("/vsi"):
+        return f"remote:{p}"
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        from geoembed.errors import InputError
+
+        raise InputError(f"{p} does not exist") from None
+    key = (os.path.realpath(p), st.st_size, st.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = file_fingerprint(p)
+    return _FINGERPRINTS[key]
+
+
 def text_fingerprint(obj) -> str:
     """sha256 of a JSON-serialisable object in canonical form."""
     data = json.dumps(obj, sort_keys=True, default=str).encode()

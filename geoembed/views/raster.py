@@ -74,7 +74,7 @@ import pandas as pd
 
 from geoembed.config.build import DaskConfig, RasterViewConfig
 from geoembed.errors import ConfigError, InputError
-from geoembed.io.atomic import file_fingerprint, text_fingerprint
+from geoembed.io.atomic import source_fingerprint, text_fingerprint
 from geoembed.io.locations import validate_locations
 from geoembed.io.rasters import open_raster
 from geoembed.io.viewstore import ArraySpec, ViewStore
@@ -574,8 +574,7 @@ def resolve_sources(cfg: RasterViewConfig) -> tuple[list[RasterSource], list[dic
             })
         sources.append(RasterSource(p, bands, override))
     for info in infos:
-        remote = "://" in info["path"] or info["path"].startswith("/vsi")
-        info["fingerprint"] = f"remote:{info['path']}" if remote else file_fingerprint(info["path"])
+        info["fingerprint"] = source_fingerprint(info["path"])
     return sources, infos
 
 
