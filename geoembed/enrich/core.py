@@ -58,7 +58,6 @@ META_KEY = b"geoembed"
 SUMMARY_KEY = b"geoembed.summary"
 DEFAULT_CHUNK_ROWS = 262_144
 DEFAULT_EMBED_BATCH = 16_384
-MIN_BLOCK_ROWS = 64
 
 
 def default_workers() -> int:
@@ -185,18 +184,8 @@ class Enricher:
         return inside
 
     def _embed_block(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-        """One encoder call, padded to at least MIN_BLOCK_ROWS rows.
-
-        Matrix products on a handful of rows take other kernels (and round differently) than on many,
-        so without padding a row's embedding could depend on how the table was chunked.
-        """
-        n = len(lon)
-        if n >= MIN_BLOCK_ROWS:
-            return self.bundle.embed(lon, lat, batch_size=max(self.embed_batch, n))
-        pad = MIN_BLOCK_ROWS - n
-        lon_p = np.concatenate([lon, np.full(pad, lon[0])])
-        lat_p = np.concatenate([lat, np.full(pad, lat[0])])
-        return self.bundle.embed(lon_p, lat_p, batch_size=MIN_BLOCK_ROWS)[:n]
+        """One encoder call (``Bundle.embed`` pads short calls, so chunking never changes a row's result)."""
+        return self.bundle.embed(lon, lat, batch_size=max(self.embed_batch, len(lon)))
 
     def _start_valid(self, lon: np.ndarray, lat: np.ndarray) -> Callable[[], np.ndarray]:
         """Start embedding valid coordinates in blocks of ``embed_batch`` rows on the worker threads;
