@@ -18,6 +18,7 @@ import rasterio
 from geoembed.config.build import DaskConfig, RasterViewConfig
 from geoembed.errors import ConfigError, InputError
 from geoembed.io.locations import make_locations
+from geoembed.io.tilecache import tile_cache
 from geoembed.io.viewstore import ViewStore
 from geoembed.testing.rasters import from_origin, random_bytes_file, rowcol_raster, write_geotiff
 from geoembed.views import raster as rv
@@ -236,7 +237,15 @@ def test_multi_band_multi_source_stacking(tmp_path, rowcol):
     assert (vf == 1).all()
 
 
-def test_partial_and_out_of_footprint_chips(rowcol, monkeypatch):
+@pytest.fixture(scope="module")
+def rowcol_striped(tmp_path_factory):
+    """The rowcol raster without internal tiles (strips): sampled by windows, not by blocks."""
+    d = tmp_path_factory.mktemp("rowcol_striped")
+    rows, cols = np.indices((200, 200), dtype=np.float32)
+    return write_geotiff(d / "rowcol_striped.tif", np.stack([rows, cols]), crs=UTM, transform=GRID, tiled=False)
+
+
+def _spy_reads(monkeypatch):
     boxes = []
     real = rv._read_window
 
@@ -245,34 +254,48 @@ def test_partial_and_out_of_footprint_chips(rowcol, monkeypatch):
         return real(ds, path, bands, nodata, use_mask, box, factor)
 
     monkeypatch.setattr(rv, "_read_window", spy)
+    tile_cache().clear()
+    return boxes
+
+
+@pytest.mark.parametrize("layout", ["tiled", "striped"])
+def test_partial_and_out_of_footprint_chips(rowcol, rowcol_striped, monkeypatch, layout):
+    path = rowcol if layout == "tiled" else rowcol_striped
+    boxes = _spy_reads(monkeypatch)
     lon, lat = corner_lonlat([100, 0, 100], [0, 0, 100])
     lon = np.append(lon, [120.0, 15.0])  # far outside (other side of the world), then the South Pole side
     lat = np.append(lat, [-40.0, -60.0])
-    chips, vf = extract_chips([RasterSource(str(rowcol))], lon, lat, chip_size=16, resolution_m=RES,
+    chips, vf = extract_chips([RasterSource(str(path))], lon, lat, chip_size=16, resolution_m=RES,
                               resampling="nearest")
     assert vf[0] == pytest.approx(0.5)  # half the chip left of the raster
     assert np.isnan(chips[0, :, :, :8]).all() and np.isfinite(chips[0, :, :, 8:]).all()
     assert vf[1] == pytest.approx(0.25)  # a corner
     assert vf[2] == 1
     assert vf[3] == 0 and vf[4] == 0 and np.isnan(chips[3:]).all()
-    # one small window covering only the chips that touch the raster
     assert len(boxes) == 1
     x0, y0, x1, y1 = boxes[0]
-    assert (x1 - x0) * (y1 - y0) <= 120 * 120
+    if layout == "tiled":  # the one 192 x 192 block that the three chips touch, decoded once
+        assert boxes[0] == (0, 0, 192, 192)
+        assert tile_cache().decodes == 1
+    else:  # one small window covering only the chips that touch the raster
+        assert (x1 - x0) * (y1 - y0) <= 120 * 120
 
 
-def test_sparse_locations_read_small_windows(tmp_path, monkeypatch):
+@pytest.mark.parametrize("tiled", [True, False])
+def test_sparse_locations_read_small_windows(tmp_path, monkeypatch, tiled):
     big = write_geotiff(tmp_path / "big.tif", np.ones((1, 2500, 2500), dtype=np.uint8), crs=UTM,
-                        transform=GRID)
-    boxes = []
-    real = rv._read_window
-    monkeypatch.setattr(rv, "_read_window", lambda *a: boxes.append(a[5]) or real(*a))
+                        transform=GRID, tiled=tiled, blocksize=256)
+    boxes = _spy_reads(monkeypatch)
     monkeypatch.setattr(rv, "_MIN_WINDOW_PX", 1000)  # (default 1 Mpx: small windows are always fine)
     lon, lat = corner_lonlat([20, 2480, 20, 2480], [100, 100, 2400, 2400])
     chips, vf = extract_chips([RasterSource(str(big))], lon, lat, chip_size=16, resolution_m=RES)
     assert (vf == 1).all() and (chips == 1).all()
     assert len(boxes) == 4
-    assert max((b[2] - b[0]) * (b[3] - b[1]) for b in boxes) <= 20 * 20
+    if tiled:  # the four corner blocks only, out of 100
+        assert sorted(boxes) == [(0, 0, 256, 256), (0, 2304, 256, 2500), (2304, 0, 2500, 256),
+                                 (2304, 2304, 2500, 2500)]
+    else:
+        assert max((b[2] - b[0]) * (b[3] - b[1]) for b in boxes) <= 20 * 20
 
 
 # ----------------------------------------------------------------------------- the view store
@@ -365,6 +388,7 @@ KILL_SCRIPT = """
 import sys, numpy as np, pyproj
 from geoembed.config.build import DaskConfig, RasterViewConfig
 from geoembed.io.locations import make_locations
+from geoembed.io.tilecache import tile_cache
 from geoembed.views.raster import build_raster_view, spatial_order
 src, out = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(7)

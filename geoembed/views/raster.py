@@ -9,17 +9,19 @@ Geometry
     The chip centre is transformed exactly (pyproj, EPSG:4326 -> source CRS -> source pixel space).
     The offsets within a chip use a local second-order model of that map around the location:
     the Jacobian d(source col,row)/d(east,north) plus the second derivatives, from central
-    differences over 8 geodesic offsets of half the chip extent (9 exact transforms per location
-    and source, instead of S*S). The remaining error is third order in the chip half-extent: below
-    0.002 source pixel for 256-pixel chips of 30 m in UTM (same or another zone) and EPSG:4326 at
-    70 N, against the exact per-pixel transform (tests check it). A first-order model alone would
-    be off by 0.13 source pixel for such chips on a geographic raster.
+    differences over 8 offsets of half the chip extent (9 exact transforms per location and
+    source, instead of S*S). The offsets are geodesics: for chips up to 2 km corner to centre,
+    below 80 degrees of latitude, from a second-order series (:func:`aeqd_offset`, within a few
+    millimetres), else from pyproj's geodesic solver. The remaining error is third order in the
+    chip half-extent: below 0.002 source pixel for 256-pixel chips of 30 m in UTM (same or another
+    zone) and EPSG:4326 at 70 N, against the exact per-pixel transform (tests check it). A
+    first-order model alone would be off by 0.13 source pixel for such chips on a geographic raster.
 
 Sampling
-    Each source is read once per group of nearby locations (one window covering all their chips,
-    clipped to the raster; see "Memory"), converted to float32 with NaN for nodata, the dataset
-    mask (when no nodata is declared) and anything outside the raster, then sampled with numpy
-    fancy indexing.
+    A compiled kernel (:mod:`geoembed.views.chip_kernel`, numba, no GIL) samples the chips straight
+    from the decoded source values in their native dtype; no float copy of the raster is made.
+    Invalid values are NaN in the chips: outside the raster, NaN in the source, equal to the
+    band's nodata, or masked by the dataset mask when no nodata is declared.
 
     * ``nearest``: the source pixel containing the chip pixel centre.
     * ``bilinear``: the usual 4-neighbour weights, renormalised over the valid neighbours; the
@@ -27,30 +29,39 @@ Sampling
       So nodata holes and raster edges never bleed, and bilinear and nearest chips have exactly the
       same NaN pattern.
 
-    When a chip pixel spans two or more source pixels (``resolution_m`` much coarser than the
-    raster), the window is read decimated by that integer factor with GDAL ``average`` resampling
-    (overviews are used when present), which keeps the read small and anti-aliases.
-
     Values are the raw band values (no scale/offset applied). ``valid_fraction`` is the fraction of
     non-NaN values over all bands and pixels of a chip; a row is valid when
     ``valid_fraction >= min_valid_fraction`` and > 0. A chip is never silently filled with zeros.
 
+Reading
+    * Tiled GeoTIFFs and COGs at native resolution are read block by block through a process-wide
+      cache of decoded blocks shared by all threads (:mod:`geoembed.io.tilecache`,
+      ``GEOEMBED_TILE_CACHE_MB``, default 256): each block a chunk's chips touch is decoded once
+      per process while it stays cached, also where chunks on different threads share it, and
+      blocks no chip touches are never read. The chips of a group of locations are sampled from an
+      atlas of their blocks; a chip inside one block without invalid values takes a check-free path.
+    * Other sources (striped or untiled files, VRTs and other formats) are read by windows: one per
+      group of nearby locations covering all their chips, clipped to the raster.
+    * When a chip pixel spans two or more source pixels (``resolution_m`` much coarser than the
+      raster), the window is read decimated by that integer factor with GDAL ``average``
+      resampling (overviews are used when present), which keeps the read small and anti-aliases.
+
 Memory
-    A chunk's locations are split recursively (k-d halving on the longer axis) until each group's
-    window is below ``max_window_bytes`` and not much larger than the chips it serves
-    (``max_waste`` times their summed footprints, windows under ~1 Mpx always accepted). Spatially
-    sorted chunks read one window per source; sparse locations over a big raster fall back to small
-    per-group or per-location windows. Locations whose chip misses a raster read nothing from it.
-    The sampling itself runs in batches of about 65k chip pixels (temporaries stay in cache).
-    Peak memory per task is about the window table (16 bytes per pixel for up to 4 bands, capped
-    by ``max_window_bytes``) plus the chunk's chips (n x C x S x S float32), plus GDAL's block cache
-    (``GDAL_CACHEMAX``): it depends on the chunk size, not on the number of locations.
+    Locations are grouped by recursive k-d halving on the longer axis: for windows, until each is
+    below ``max_window_bytes`` and not much larger than the chips it serves (``max_waste`` times
+    their summed footprints, windows under ~1 Mpx always accepted); for blocks, until a group's
+    blocks fit in ``max_window_bytes``. Sparse locations over a big raster thus read small windows
+    or only their own blocks; locations whose chip misses a raster read nothing from it. Peak
+    memory per task is the group's window or block atlas (native dtype, capped by
+    ``max_window_bytes``) plus the chunk's chips (n x C x S x S float32), plus the shared block
+    cache and GDAL's (``GDAL_CACHEMAX``): it depends on the chunk size, not on the number of
+    locations.
 
 Handles
     Each task opens its sources itself (rasterio datasets are not picklable), through a per-thread
-    cache of open handles keyed by path, size and mtime, so consecutive chunks on a thread share
-    GDAL's block cache; ``build_raster_view`` closes them when it finishes (on a distributed
-    cluster the workers keep at most 8 handles per thread).
+    cache of open handles keyed by path, size and mtime; ``build_raster_view`` closes them when it
+    finishes (on a distributed cluster the workers keep at most 8 handles per thread). Cached
+    blocks are keyed by path, size and mtime too, so a replaced file is read afresh.
 
 Row order
     Store row i is ``locations`` row i. Chunks are contiguous row ranges of ``dask.chunk_size``
@@ -60,6 +71,7 @@ Row order
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -77,6 +89,7 @@ from geoembed.errors import ConfigError, InputError
 from geoembed.io.atomic import source_fingerprint, text_fingerprint
 from geoembed.io.locations import validate_locations
 from geoembed.io.rasters import open_raster
+from geoembed.io.tilecache import Block, tile_cache
 from geoembed.io.viewstore import ArraySpec, ViewStore
 
 log = logging.getLogger(__name__)
@@ -85,13 +98,14 @@ LOCAL_PROJECTION = (
     "per-location azimuthal equidistant (WGS84), north-up, centred on the location; "
     "chip pixel positions in each source from a local second-order model of the transform"
 )
-_SAMPLES_PER_BATCH = 1 << 16
 _MIN_WINDOW_PX = 1 << 20
-_PAD = 2
+_MAX_BLOCK_PX = 1 << 22  # larger internal blocks are read by windows
+_MAX_SLOT_MAP = 1 << 16  # block bounding box of one group of locations, in blocks
 
 __all__ = [
     "RasterSource",
     "build_raster_view",
+    "aeqd_offset",
     "chip_offsets",
     "chip_pixel_coords",
     "extract_chips",
@@ -183,6 +197,31 @@ def chip_offsets(chip_size: int, resolution_m: float) -> tuple[np.ndarray, np.nd
     return k * resolution_m, -k * resolution_m
 
 
+_WGS84_A = 6378137.0
+_WGS84_E2 = (1 / 298.257223563) * (2 - 1 / 298.257223563)
+_LOCAL_GEODESIC_M = 2000.0  # up to this distance (and 80 degrees) the series is within 3 mm of the geodesic
+
+
+def aeqd_offset(lon: np.ndarray, lat: np.ndarray, east: float, north: float) -> tuple[np.ndarray, np.ndarray]:
+    """lon/lat (degrees) of the point ``east``, ``north`` metres from each location on its WGS84
+    azimuthal-equidistant plane: the geodesic of that length and azimuth, to second order in the
+    distance s (series from the geodesic equations with the local radii M, N; the remainder is
+    about s^3 / R^2 (1 + tan^2 lat): at most 0.3 mm at 1 km, 6 mm at 2.8 km below 80 degrees)."""
+    phi = np.radians(lat)
+    sin, cos = np.sin(phi), np.cos(phi)
+    tan = sin / cos
+    w2 = 1.0 - _WGS84_E2 * sin * sin
+    big_n = _WGS84_A / np.sqrt(w2)
+    big_m = big_n * (1.0 - _WGS84_E2) / w2
+    dm = 3.0 * _WGS84_E2 * big_m * sin * cos / w2  # dM/dphi
+    dn = big_n * _WGS84_E2 * sin * cos / w2  # dN/dphi
+    e, n = float(east), float(north)
+    dphi = n / big_m - e * e * tan / (2.0 * big_n * big_m) - n * n * dm / (2.0 * big_m**3)
+    dlam = e / (big_n * cos) + 0.5 * e * n * (
+        tan / (big_n * big_n * cos) + (big_n * sin - dn * cos) / (big_m * big_n * big_n * cos * cos))
+    return lon + np.degrees(dlam), lat + np.degrees(dphi)
+
+
 def source_pixel_frame(
     crs_wkt: str, transform, lon: np.ndarray, lat: np.ndarray, step_m: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -192,10 +231,79 @@ def source_pixel_frame(
     for (col, row), the coefficients of ``[e, n, e*e, e*n, n*n]`` (e, n = metres east/north of the
     location on its azimuthal-equidistant plane), from central differences with step ``step_m``
     over 9 points; and ``ok`` (n,) where all of it is finite.
+
+    The centre is always transformed exactly. Below 80 degrees of latitude the coefficients, which
+    vary on the scale of the Earth's radius, are computed exactly at the corners of a fixed global
+    lattice of anchors (at most 0.1 degree apart, closer for chips of many source pixels) and
+    interpolated bilinearly, to about 1e-4 pixel at the chip edge (tests check it): for locations
+    in a compact area that is a fraction of the transforms. Each location's result depends on its
+    own coordinates only, never on the other locations of the call.
     """
-    tr, geographic = _transformer(crs_wkt)
     lon = np.asarray(lon, dtype=np.float64)
     lat = np.asarray(lat, dtype=np.float64)
+    n = len(lon)
+    tr, _ = _transformer(crs_wkt)
+    x, y = tr.transform(lon, lat, errcheck=False)
+    inv = ~transform
+    with np.errstate(invalid="ignore"):
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        col = inv.a * x + inv.b * y + inv.c
+        row = inv.d * x + inv.e * y + inv.f
+        todo = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lat) < 80.0)
+    coef = np.full((n, 2, 5), np.nan)
+    done = np.zeros(n, dtype=bool)
+    if todo.any():
+        spacing = _anchor_spacing(crs_wkt, tuple(transform)[:6], float(step_m))
+        idx = np.flatnonzero(todo)
+        fx, fy = lon[idx] / spacing, lat[idx] / spacing
+        ix, iy = np.floor(fx).astype(np.int64), np.floor(fy).astype(np.int64)
+        corners = [(iy, ix), (iy, ix + 1), (iy + 1, ix), (iy + 1, ix + 1)]
+        keys = np.concatenate([(cy << 32) + (cx + (1 << 31)) for cy, cx in corners])
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        node_y, node_x = uniq >> 32, (uniq & 0xFFFFFFFF) - (1 << 31)
+        _, _, ncoef, nok = _exact_frame(crs_wkt, transform, node_x * spacing, node_y * spacing, step_m)
+        inverse = inverse.reshape(4, len(idx))
+        good = nok[inverse].all(0)
+        wx = (fx - ix)[:, None, None]
+        wy = (fy - iy)[:, None, None]
+        c00, c01, c10, c11 = (ncoef[inverse[k]] for k in range(4))
+        interp = (c00 * (1 - wx) + c01 * wx) * (1 - wy) + (c10 * (1 - wx) + c11 * wx) * wy
+        coef[idx[good]] = interp[good]
+        done[idx[good]] = True
+    rest = np.flatnonzero(~done)
+    if len(rest):
+        coef[rest] = _exact_frame(crs_wkt, transform, lon[rest], lat[rest], step_m)[2]
+    ok = np.isfinite(col) & np.isfinite(row) & np.isfinite(coef).all((1, 2)) & (np.abs(lat) < 89.9)
+    return col, row, coef, ok
+
+
+_ANCHOR_DEG = 0.1
+
+
+@functools.lru_cache(maxsize=64)
+def _anchor_spacing(crs_wkt: str, transform: tuple, step_m: float) -> float:
+    """Anchor lattice spacing (degrees, 0.1 / 2^k) that keeps the interpolation error near 1e-4
+    pixel at the chip edge for any location below 80 degrees: a property of the source and the
+    chip size alone. The relative error is about (d / R)^2 / 8 * (1 + 2 tan^2 lat)."""
+    from pyproj import CRS
+
+    crs = CRS.from_wkt(crs_wkt)
+    px = min(abs(transform[0]), abs(transform[4])) or 1.0
+    if crs.is_geographic:  # the smallest ground size of a pixel below 80 degrees: most pixels per metre
+        px_m = px * 111_320.0 * math.cos(math.radians(80.0))
+    else:
+        unit = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+        px_m = px * (unit or 1.0)
+    ext_px = math.sqrt(2.0) * step_m / px_m + 1.0
+    tan2 = math.tan(math.radians(80.0)) ** 2
+    d_deg = 6.371e6 * math.sqrt(8e-4 / (ext_px * (1.0 + 2.0 * tan2))) / 111_320.0
+    k = math.ceil(math.log2(_ANCHOR_DEG / d_deg)) if d_deg < _ANCHOR_DEG else 0
+    return _ANCHOR_DEG / 2**k
+
+
+def _exact_frame(crs_wkt: str, transform, lon: np.ndarray, lat: np.ndarray, step_m: float):
+    """:func:`source_pixel_frame` with 9 exact transforms per location."""
+    tr, geographic = _transformer(crs_wkt)
     n = len(lon)
     h = float(step_m)
     # AEQD offsets (east, north): distance and azimuth from the centre are exact geodesics.
@@ -203,11 +311,15 @@ def source_pixel_frame(
     lons = np.empty((len(offs), n))
     lats = np.empty((len(offs), n))
     lons[0], lats[0] = lon, lat
-    geod = _geod()
+    # short offsets at moderate latitudes: a second-order series (mm-exact, 20x cheaper); else geodesics
+    series = np.abs(lat) < 80.0 if math.hypot(h, h) <= _LOCAL_GEODESIC_M else np.zeros(n, dtype=bool)
+    exact = np.flatnonzero(~series)
     for k, (e, nn) in enumerate(offs[1:], start=1):
-        az = np.degrees(np.arctan2(e, nn))
-        lo, la, _ = geod.fwd(lon, lat, np.full(n, az), np.full(n, math.hypot(e, nn)))
-        lons[k], lats[k] = lo, la
+        lons[k], lats[k] = aeqd_offset(lon, lat, e, nn)
+        if len(exact):
+            az = np.full(len(exact), np.degrees(np.arctan2(e, nn)))
+            lo, la, _ = _geod().fwd(lon[exact], lat[exact], az, np.full(len(exact), math.hypot(e, nn)))
+            lons[k, exact], lats[k, exact] = lo, la
     x, y = tr.transform(lons.ravel(), lats.ravel(), errcheck=False)
     x = np.asarray(x, dtype=np.float64).reshape(len(offs), n)
     y = np.asarray(y, dtype=np.float64).reshape(len(offs), n)
@@ -315,9 +427,9 @@ def _align_box(box: tuple[int, int, int, int], factor: int, width: int, height: 
 
 
 def _read_window(ds, path: str, bands: Sequence[int], nodata: Sequence[float | None],
-                 use_mask: Sequence[bool], box: tuple[int, int, int, int], factor: int) -> np.ndarray:
-    """Read a window as a float32 table ((h + 4) * (w + 4), bands) with NaN for no data and a NaN
-    border of 2 pixels, so that gathers need no bounds masks."""
+                 use_mask: Sequence[bool], box: tuple[int, int, int, int], factor: int) -> Block:
+    """Read a window (native dtype; decimated by ``factor`` with GDAL ``average``) and, for bands
+    without nodata whose dataset has a mask, the mask (0 = no data); notes whether all is valid."""
     from rasterio.enums import Resampling
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
@@ -329,88 +441,120 @@ def _read_window(ds, path: str, bands: Sequence[int], nodata: Sequence[float | N
         kw = {"out_shape": (len(bands), -(-(y1 - y0) // factor), -(-(x1 - x0) // factor)),
               "resampling": Resampling.average}
     try:
-        arr = ds.read(list(bands), window=win, **kw)  # native dtype: GDAL's own conversion is slower
-        masks = [
-            ds.read_masks(band, window=win, **({"out_shape": arr.shape[1:]} if factor > 1 else {})) == 0
-            if nd is None and um else None
-            for band, nd, um in zip(bands, nodata, use_mask, strict=True)
-        ]
+        arr = ds.read(list(bands), window=win, **kw)
+        mask = None
+        if any(use_mask):
+            mask = np.full(arr.shape, 255, dtype=np.uint8)
+            for k, (band, um) in enumerate(zip(bands, use_mask, strict=True)):
+                if um:
+                    mask[k] = ds.read_masks(band, window=win, **({"out_shape": arr.shape[1:]} if factor > 1 else {}))
     except RasterioError as err:
         raise InputError(f"cannot read raster {path} window {box}: {err}") from None
-    nb, h, w = arr.shape
-    # pixel-interleaved table padded to 1/2/4/8 bands (numpy's take moves 4..32-byte rows fastest),
-    # with a NaN border of _PAD pixels; filled band by band (much faster than a transposed copy)
-    bp = next((k for k in (1, 2, 4, 8) if k >= nb), nb)
-    table = np.empty((h + 2 * _PAD, w + 2 * _PAD, bp), dtype=np.float32)
-    for sl in (np.s_[:_PAD], np.s_[-_PAD:], np.s_[:, :_PAD], np.s_[:, -_PAD:]):
-        table[sl] = np.nan
-    table[:, :, nb:] = 0.0  # padding bands are never NaN (they would trigger the slow path)
-    inner = table[_PAD:-_PAD, _PAD:-_PAD]
-    for b in range(nb):
-        band = arr[b]
-        dst = inner[:, :, b]
-        dst[...] = band
-        nd = nodata[b]
-        if nd is not None and not np.isnan(nd):
-            bad = band == nd
-            if bad.any():
-                dst[bad] = np.nan
-        if masks[b] is not None and masks[b].any():
-            dst[masks[b]] = np.nan
-    return table.reshape(-1, bp)
+    clean = mask is None or bool((mask != 0).all())
+    for k in range(len(bands)):
+        if not clean:
+            break
+        if arr.dtype.kind == "f" and np.isnan(arr[k]).any():
+            clean = False
+        elif nodata[k] is not None and not math.isnan(nodata[k]) and (arr[k] == nodata[k]).any():
+            clean = False
+    return Block(np.ascontiguousarray(arr), mask, clean)
 
 
-def _gather_nearest(table: np.ndarray, h: int, w: int, col: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """Values (m, bands) of the pixels containing the points (col, row) of a padded window table."""
-    wp = w + 2 * _PAD
-    ci = np.clip(np.floor(col), -1, w).astype(np.intp)
-    ri = np.clip(np.floor(row), -1, h).astype(np.intp)
-    idx = (ri + _PAD) * wp + (ci + _PAD)
-    return table.take(idx, axis=0)
+def _block_shape(ds, bands: Sequence[int], factor: int) -> tuple[int, int] | None:
+    """The (h, w) of the raster's internal tiles when it is read tile by tile through the shared
+    block cache: tiled GeoTIFF/COG, tiles alike for the selected bands, native resolution."""
+    if factor != 1 or ds.driver != "GTiff":
+        return None
+    shapes = {tuple(ds.block_shapes[b - 1]) for b in bands}
+    if len(shapes) != 1:
+        return None
+    bh, bw = shapes.pop()
+    single = bh >= ds.height and bw >= ds.width
+    if min(bh, bw) < 16 or bh * bw > _MAX_BLOCK_PX or (bw >= ds.width and not single):
+        return None  # strips (or huge blocks): windowed reads through GDAL's cache do better
+    return int(bh), int(bw)
 
 
-def _gather_bilinear(table: np.ndarray, h: int, w: int, col: np.ndarray, row: np.ndarray) -> np.ndarray:
-    """Bilinear values (m, bands) at (col, row); renormalised over valid neighbours, NaN where the
-    pixel containing the point is invalid."""
-    wp = w + 2 * _PAD
-    fx = col - 0.5
-    fy = row - 0.5
-    x0 = np.floor(fx)
-    y0 = np.floor(fy)
-    wx = (fx - x0).astype(np.float32)[:, None]
-    wy = (fy - y0).astype(np.float32)[:, None]
-    # clipping to [-2, w] keeps both neighbours in the NaN border when the point is far outside
-    i00 = (np.clip(y0, -_PAD, h).astype(np.intp) + _PAD) * wp + (np.clip(x0, -_PAD, w).astype(np.intp) + _PAD)
-    v00 = table.take(i00, axis=0)
-    v01 = table.take(i00 + 1, axis=0)
-    i00 += wp
-    v10 = table.take(i00, axis=0)
-    v11 = table.take(i00 + 1, axis=0)
-    top = v01 - v00
-    top *= wx
-    top += v00
-    out = np.subtract(v11, v10, out=v11)
-    out *= wx
-    out += v10
-    out -= top
-    out *= wy
-    out += top  # lerp form: exact on constant fields; NaN if any neighbour is NaN
-    bad = np.isnan(out)
-    if bad.any():
-        # the bottom pair was overwritten: gather it again for the few bad points
-        r, b = np.nonzero(bad)
-        v11r = table.take(i00[r] + 1, axis=0)[np.arange(len(r)), b]
-        wxr, wyr = wx[r, 0], wy[r, 0]
-        vs = np.stack([v00[r, b], v01[r, b], v10[r, b], v11r])
-        ws = np.stack([(1 - wxr) * (1 - wyr), wxr * (1 - wyr), (1 - wxr) * wyr, wxr * wyr])
-        ok = ~np.isnan(vs)
-        num = np.where(ok, vs * ws, 0).sum(0)
-        den = np.where(ok, ws, 0).sum(0)
-        near = (wyr >= 0.5).astype(np.intp) * 2 + (wxr >= 0.5).astype(np.intp)
-        near_ok = ok[near, np.arange(len(r))]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[r, b] = np.where(near_ok & (den > 0), num / den, np.nan)
+def _file_key(path: str) -> tuple:
+    if "://" in path or path.startswith("/vsi"):
+        return (path,)
+    st = os.stat(path)
+    return (path, st.st_size, st.st_mtime_ns)
+
+
+def _plan_block_groups(tlo_x, thi_x, tlo_y, thi_y, max_blocks: int) -> list[np.ndarray]:
+    """Split locations (given by their inclusive block ranges) into groups whose blocks fit in
+    ``max_blocks`` slots and whose block bounding box is small enough for a dense slot map."""
+    stack = [np.arange(len(tlo_x))]
+    out = []
+    while stack:
+        idx = stack.pop()
+        nx = int(thi_x[idx].max() - tlo_x[idx].min() + 1)
+        ny = int(thi_y[idx].max() - tlo_y[idx].min() + 1)
+        if len(idx) == 1 or (nx * ny <= _MAX_SLOT_MAP and len(_block_ids(tlo_x, thi_x, tlo_y, thi_y, idx, nx))
+                             <= max_blocks):
+            out.append(idx)
+            continue
+        key = (tlo_x[idx] + thi_x[idx]) if nx >= ny else (tlo_y[idx] + thi_y[idx])
+        order = np.argsort(key, kind="stable")
+        half = len(idx) // 2
+        stack.append(idx[order[half:]])
+        stack.append(idx[order[:half]])
     return out
+
+
+def _block_ids(tlo_x, thi_x, tlo_y, thi_y, idx: np.ndarray, nx: int) -> np.ndarray:
+    """Sorted unique ids ``(ty - ty0) * nx + (tx - tx0)`` of the blocks the locations ``idx`` touch."""
+    lx, hx, ly, hy = tlo_x[idx], thi_x[idx], tlo_y[idx], thi_y[idx]
+    ox, oy = lx.min(), ly.min()
+    span_x = int((hx - lx).max()) + 1
+    span_y = int((hy - ly).max()) + 1
+    ids = []
+    for j in range(span_y):
+        for i in range(span_x):
+            m = (lx + i <= hx) & (ly + j <= hy)
+            ids.append((ly[m] + j - oy) * nx + (lx[m] + i - ox))
+    return np.unique(np.concatenate(ids))
+
+
+def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A per-thread reusable buffer viewed as an uninitialised array (no page faults per chunk)."""
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    bufs = getattr(_local, "scratch", None)
+    if bufs is None:
+        bufs = _local.scratch = {}
+    buf = bufs.get(name)
+    if buf is None or buf.nbytes < nbytes:
+        buf = bufs[name] = np.empty(max(nbytes, 1), dtype=np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
+
+
+def _load_blocks(ds, src_key: tuple, path: str, bands: Sequence[int], nodata: Sequence[float | None],
+                 use_mask: Sequence[bool], block: tuple[int, int], tys: np.ndarray,
+                 txs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The atlas (k, bands, bh, bw) of blocks (tys, txs) through the shared cache, their masks
+    (k, bands, bh, bw) uint8 (an empty (0, 1, 1, 1) array when no band uses a mask) and which
+    blocks are clean (k,)."""
+    bh, bw = block
+    cache = tile_cache()
+    dtype = np.dtype(ds.dtypes[bands[0] - 1])
+    atlas = _scratch("atlas", (len(tys), len(bands), bh, bw), dtype)
+    masks = _scratch("masks", (len(tys) if any(use_mask) else 0, len(bands), bh, bw), np.dtype(np.uint8))
+    clean = np.zeros(len(tys), dtype=np.bool_)
+    for k, (ty, tx) in enumerate(zip(tys.tolist(), txs.tolist(), strict=True)):
+        x0, y0 = tx * bw, ty * bh
+        box = (x0, y0, min(x0 + bw, ds.width), min(y0 + bh, ds.height))
+        blk = cache.get((src_key, ty, tx),
+                        lambda box=box: _read_window(ds, path, bands, nodata, use_mask, box, 1))
+        h, w = blk.data.shape[1:]
+        clean[k] = blk.clean  # (the unused part of an edge block is never read)
+        atlas[k, :, :h, :w] = blk.data
+        if len(masks):
+            masks[k, :, :h, :w] = blk.mask
+    if not len(masks):
+        masks = np.empty((0, 1, 1, 1), dtype=np.uint8)
+    return atlas, masks, clean
 
 
 # --------------------------------------------------------------------------- chips
@@ -454,22 +598,27 @@ def extract_chips(
     S = int(chip_size)
     opened = [(src, _open_cached(src.path)) for src in sources]
     band_sel = [list(src.bands) if src.bands else list(range(1, ds.count + 1)) for src, ds in opened]
-    chips = np.full((n, sum(len(b) for b in band_sel), S, S), np.nan, dtype=np.float32)
+    channels = sum(len(b) for b in band_sel)
+    chips = np.empty((n, channels, S, S), dtype=np.float32)  # every value is written below
+    n_valid = np.zeros(n, dtype=np.int64)
     if n == 0:
         return chips, np.zeros(0, dtype=np.float32)
     offset = 0
     for (src, ds), bands in zip(opened, band_sel, strict=True):
-        _sample_source(ds, src, bands, lon, lat, chips[:, offset:offset + len(bands)], resolution_m,
-                       resampling, max_window_bytes, max_waste)
+        _sample_source(ds, src, bands, lon, lat, chips, offset, n_valid, resolution_m, resampling,
+                       max_window_bytes, max_waste)
         offset += len(bands)
-    valid_fraction = np.isfinite(chips).reshape(n, -1).mean(1).astype(np.float32)
+    valid_fraction = (n_valid / float(channels * S * S)).astype(np.float32)
     return chips, valid_fraction
 
 
 def _sample_source(ds, src: RasterSource, bands: list[int], lon: np.ndarray, lat: np.ndarray,
-                   out: np.ndarray, resolution_m: float, resampling: str, max_window_bytes: int,
-                   max_waste: float) -> None:
-    """Fill ``out`` (n, len(bands), S, S), pre-set to NaN, with one source's chips."""
+                   out: np.ndarray, ch0: int, n_valid: np.ndarray, resolution_m: float, resampling: str,
+                   max_window_bytes: int, max_waste: float) -> None:
+    """Fill ``out[:, ch0:ch0 + len(bands)]`` with one source's chips (NaN where invalid) and add the
+    valid values per row to ``n_valid``."""
+    from geoembed.views.chip_kernel import sample_chips
+
     S = out.shape[-1]
     half = (S - 1) / 2.0 * resolution_m
     step = max(half, resolution_m, 1.0)
@@ -488,39 +637,73 @@ def _sample_source(ds, src: RasterSource, bands: list[int], lon: np.ndarray, lat
     ext_c = (a[:, 0, 0] + a[:, 0, 1]) * half + (a[:, 0, 2] + a[:, 0, 3] + a[:, 0, 4]) * half * half
     ext_r = (a[:, 1, 0] + a[:, 1, 1]) * half + (a[:, 1, 2] + a[:, 1, 3] + a[:, 1, 4]) * half * half
     with np.errstate(invalid="ignore"):
+        # source pixel box of each chip, neighbours included (unclipped, then clipped to the raster)
         lo_c = np.floor(np.clip(col - ext_c - margin, -1, ds.width + 1))
         hi_c = np.floor(np.clip(col + ext_c + margin, -1, ds.width + 1)) + 1
         lo_r = np.floor(np.clip(row - ext_r - margin, -1, ds.height + 1))
         hi_r = np.floor(np.clip(row + ext_r + margin, -1, ds.height + 1)) + 1
     ok &= np.isfinite(ext_c) & np.isfinite(ext_r)
+    inside = ok & (lo_c >= 0) & (lo_r >= 0) & (hi_c <= ds.width) & (hi_r <= ds.height)
     lo_c, hi_c = np.clip(lo_c, 0, ds.width), np.clip(hi_c, 0, ds.width)
     lo_r, hi_r = np.clip(lo_r, 0, ds.height), np.clip(hi_r, 0, ds.height)
     ok &= (hi_c > lo_c) & (hi_r > lo_r)
+    out[~ok, ch0:ch0 + len(bands)] = np.nan  # chips that miss the raster
     touching = np.flatnonzero(ok)
     if len(touching) == 0:
         return
+    lo_c, hi_c = lo_c[touching].astype(np.int64), hi_c[touching].astype(np.int64)
+    lo_r, hi_r = lo_r[touching].astype(np.int64), hi_r[touching].astype(np.int64)
+    inside = inside[touching]
+    has_nd = np.array([v is not None and not math.isnan(v) for v in nodata], dtype=np.bool_)
+    nd = np.array([np.nan if v is None else v for v in nodata], dtype=np.float64)
+    dx, dy = chip_offsets(S, resolution_m)
+    bilinear = resampling == "bilinear"
+
+    def run(loc, atlas, masks, slot_map, clean, block, grid, t0, origin, scl, fast_slot, box):
+        sample_chips(atlas, masks, slot_map, clean, block[0], block[1], grid[0], grid[1], t0[0], t0[1],
+                     float(origin[0]), float(origin[1]), float(scl[0]), float(scl[1]), col, row, coef,
+                     loc.astype(np.int64), fast_slot.astype(np.int64), np.ascontiguousarray(box, dtype=np.int64),
+                     dx, dy, nd, has_nd, bilinear, out, ch0, n_valid)
+
+    block = _block_shape(ds, bands, factor)
+    if block is not None:  # tile by tile, through the process-wide cache of decoded blocks
+        bh, bw = block
+        # the key covers all that a cached block depends on (clean depends on the nodata values)
+        src_key = (_file_key(src.path), tuple(bands), tuple(use_mask), tuple(_nodata_json(v) for v in nodata))
+        tlo_x, thi_x = lo_c // bw, (hi_c - 1) // bw
+        tlo_y, thi_y = lo_r // bh, (hi_r - 1) // bh
+        itemsize = np.dtype(ds.dtypes[bands[0] - 1]).itemsize + (1 if any(use_mask) else 0)
+        max_blocks = max(1, max_window_bytes // (bh * bw * len(bands) * itemsize))
+        for gidx in _plan_block_groups(tlo_x, thi_x, tlo_y, thi_y, max_blocks):
+            tx0, ty0 = int(tlo_x[gidx].min()), int(tlo_y[gidx].min())
+            nx = int(thi_x[gidx].max()) - tx0 + 1
+            ny = int(thi_y[gidx].max()) - ty0 + 1
+            ids = _block_ids(tlo_x, thi_x, tlo_y, thi_y, gidx, nx)
+            atlas, masks, clean = _load_blocks(ds, src_key, src.path, bands, nodata, use_mask, block,
+                                        ids // nx + ty0, ids % nx + tx0)
+            slot_map = np.full((ny, nx), -1, dtype=np.int64)
+            slot_map.ravel()[ids] = np.arange(len(ids))
+            one = (tlo_x[gidx] == thi_x[gidx]) & (tlo_y[gidx] == thi_y[gidx])
+            fast = np.where(one, slot_map[tlo_y[gidx] - ty0, tlo_x[gidx] - tx0], -2)
+            fast = np.where(inside[gidx], fast, -1)
+            box = np.stack([lo_c[gidx], lo_r[gidx], hi_c[gidx], hi_r[gidx], tlo_x[gidx] * bw, tlo_y[gidx] * bh], 1)
+            run(touching[gidx], atlas, masks, slot_map, clean, block, (ds.height, ds.width), (ty0, tx0), (0, 0),
+                (1.0, 1.0), fast, box)
+        return
+    # window by window (striped or untiled files, decimated reads, other formats)
     max_px = max(1, max_window_bytes // (8 * len(bands))) * factor * factor
-    groups = _plan_windows(lo_c[touching].astype(np.int64), hi_c[touching].astype(np.int64),
-                           lo_r[touching].astype(np.int64), hi_r[touching].astype(np.int64),
-                           max_px, max_waste)
-    per_batch = max(1, _SAMPLES_PER_BATCH // (S * S))
-    gather = _gather_nearest if resampling == "nearest" else _gather_bilinear
-    for gidx, box in groups:
-        loc = touching[gidx]
+    for gidx, box in _plan_windows(lo_c, hi_c, lo_r, hi_r, max_px, max_waste):
         if factor > 1:
             box = _align_box(box, factor, ds.width, ds.height)
-        table = _read_window(ds, src.path, bands, nodata, use_mask, box, factor)
-        h = -(-(box[3] - box[1]) // factor)
-        w = -(-(box[2] - box[0]) // factor)
+        blk = _read_window(ds, src.path, bands, nodata, use_mask, box, factor)
+        h, w = blk.data.shape[1:]
         sx, sy = (box[2] - box[0]) / w, (box[3] - box[1]) / h  # source pixels per read pixel
-        for s0 in range(0, len(loc), per_batch):
-            li = loc[s0:s0 + per_batch]
-            c, r = chip_pixel_coords(col[li] - box[0], row[li] - box[1], coef[li], S, resolution_m)
-            if factor > 1:
-                c /= sx
-                r /= sy
-            vals = gather(table, h, w, c.ravel(), r.ravel())[:, :len(bands)]
-            out[li] = vals.reshape(len(li), S, S, len(bands)).transpose(0, 3, 1, 2)
+        fast = inside[gidx] & ((lo_c[gidx] - box[0]) / sx >= 0) & ((hi_c[gidx] - box[0]) / sx <= w) \
+            & ((lo_r[gidx] - box[1]) / sy >= 0) & ((hi_r[gidx] - box[1]) / sy <= h)
+        masks = blk.mask[None] if blk.mask is not None else np.empty((0, 1, 1, 1), dtype=np.uint8)
+        run(touching[gidx], blk.data[None], masks, np.zeros((1, 1), dtype=np.int64),
+            np.array([blk.clean]), (h, w), (h, w), (0, 0),
+            (box[0], box[1]), (sx, sy), np.where(fast, 0, -1), np.zeros((len(gidx), 6), dtype=np.int64))
 
 
 # --------------------------------------------------------------------------- sources
@@ -670,4 +853,5 @@ def build_raster_view(
                   desc=f"raster view {cfg.name}")
     finally:
         close_cached_datasets()
+        tile_cache().clear()  # give the decoded blocks back once the view is built
     return store.finalize()

@@ -1,0 +1,185 @@
+"""Block-by-block sampling of tiled rasters: same chips as window reads, each block decoded once,
+a bounded cache, a replaced file never served stale; the shared cache itself; the geodesic series."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyproj
+import pytest
+
+from geoembed.io import tilecache
+from geoembed.io.tilecache import Block, TileCache, tile_cache
+from geoembed.testing.rasters import from_origin, write_geotiff
+from geoembed.views import raster as rv
+from geoembed.views.raster import RasterSource, aeqd_offset, extract_chips
+
+UTM = "EPSG:32633"
+RES = 30.0
+X0, Y0 = 500_000.0 - 100 * RES, 5_500_000.0
+GRID = from_origin(X0, Y0, RES, RES)
+TO_LL = pyproj.Transformer.from_crs(UTM, "EPSG:4326", always_xy=True)
+
+
+def _lonlat(rows, cols):
+    return TO_LL.transform(X0 + np.asarray(cols, float) * RES, Y0 - np.asarray(rows, float) * RES)
+
+
+def _random_raster(path, dtype, nodata, size=300, bands=3, block=64, seed=0):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(1, 200, (bands, size, size)).astype(dtype)
+    if dtype == "float32":
+        data[:, 40:60, 40:60] = np.nan  # a NaN hole
+    if nodata is not None:
+        data[1, 100:130, 150:190] = nodata  # a nodata patch in one band
+    return write_geotiff(path, data, crs=UTM, transform=GRID, nodata=nodata, blocksize=block)
+
+
+def _locations(n=300, seed=1, size=300):
+    rng = np.random.default_rng(seed)
+    return _lonlat(rng.uniform(-20, size + 20, n), rng.uniform(-20, size + 20, n))  # some off the edges
+
+
+@pytest.mark.parametrize("dtype, nodata", [("uint8", None), ("int16", -9999), ("float32", None),
+                                           ("uint16", 0)])
+@pytest.mark.parametrize("resampling", ["nearest", "bilinear"])
+@pytest.mark.parametrize("chip_size", [8, 40])  # 40-pixel chips span several 64-pixel blocks
+def test_blocks_give_the_same_chips_as_windows(tmp_path, monkeypatch, dtype, nodata, resampling, chip_size):
+    path = _random_raster(tmp_path / f"r_{dtype}.tif", dtype, nodata)
+    lon, lat = _locations()
+    src = [RasterSource(str(path))]
+    tile_cache().clear()
+    got, vf = extract_chips(src, lon, lat, chip_size=chip_size, resolution_m=RES, resampling=resampling)
+    assert tile_cache().decodes > 0  # read block by block
+    monkeypatch.setattr(rv, "_block_shape", lambda *a: None)  # force window reads
+    ref, vf_ref = extract_chips(src, lon, lat, chip_size=chip_size, resolution_m=RES, resampling=resampling)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-4, equal_nan=True)
+    np.testing.assert_array_equal(vf, vf_ref)
+    assert 0 < vf.min() < 1 or vf.min() == 0  # edges and holes are exercised
+    assert (vf == 1).any()
+
+
+def test_each_block_is_decoded_once_across_chunks_and_threads(tmp_path):
+    path = _random_raster(tmp_path / "r.tif", "uint8", None, size=640, block=64)
+    rng = np.random.default_rng(3)
+    rows, cols = rng.uniform(10, 630, 4000), rng.uniform(10, 630, 4000)
+    order = rv.spatial_order(cols, rows)
+    lon, lat = _lonlat(rows[order], cols[order])
+    src = [RasterSource(str(path))]
+    tile_cache().clear()
+    single, _ = extract_chips(src, lon, lat, chip_size=16, resolution_m=RES)
+    n_blocks = tile_cache().decodes
+    assert n_blocks == 100  # 10 x 10 blocks, all touched
+    tile_cache().clear()
+    bounds = [(a, min(a + 256, len(lon))) for a in range(0, len(lon), 256)]
+    with ThreadPoolExecutor(2) as pool:
+        parts = list(pool.map(lambda ab: extract_chips(src, lon[ab[0]:ab[1]], lat[ab[0]:ab[1]], chip_size=16,
+                                                       resolution_m=RES)[0], bounds))
+    rv.close_cached_datasets()
+    assert tile_cache().decodes == n_blocks and tile_cache().hits > 0
+    np.testing.assert_array_equal(np.concatenate(parts), single)
+
+
+def test_a_tiny_cache_evicts_and_gives_the_same_chips(tmp_path, monkeypatch):
+    path = _random_raster(tmp_path / "r.tif", "int16", -9999)
+    lon, lat = _locations(n=200)
+    src = [RasterSource(str(path))]
+    ref, _ = extract_chips(src, lon, lat, chip_size=16, resolution_m=RES)
+    small = TileCache(max_bytes=3 * 64 * 64 * 2 * 2)  # two blocks
+    monkeypatch.setattr(tilecache, "_SHARED", small)
+    got = np.concatenate([extract_chips(src, lon[a:a + 20], lat[a:a + 20], chip_size=16, resolution_m=RES)[0]
+                          for a in range(0, 200, 20)])
+    assert small.nbytes <= small.max_bytes and small.decodes > 25  # blocks were evicted and read again
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_a_replaced_file_is_never_served_from_the_cache(tmp_path):
+    path = tmp_path / "r.tif"
+    write_geotiff(path, np.full((1, 128, 128), 7, np.uint8), crs=UTM, transform=GRID, blocksize=64)
+    lon, lat = _lonlat([64], [64])
+    src = [RasterSource(str(path))]
+    assert (extract_chips(src, lon, lat, chip_size=8, resolution_m=RES)[0] == 7).all()
+    time.sleep(0.01)
+    write_geotiff(path, np.full((1, 128, 128), 9, np.uint8), crs=UTM, transform=GRID, blocksize=64)
+    assert (extract_chips(src, lon, lat, chip_size=8, resolution_m=RES)[0] == 9).all()
+
+
+def test_cache_loads_a_key_once_under_contention_and_retries_after_a_failure():
+    cache = TileCache(max_bytes=1 << 20)
+    calls = []
+    gate = threading.Event()
+
+    def load():
+        calls.append(1)
+        gate.wait(1.0)
+        return Block(np.zeros((1, 4, 4), np.uint8), None, True)
+
+    with ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(cache.get, "k", load) for _ in range(4)]
+        time.sleep(0.05)
+        gate.set()
+        blocks = [f.result() for f in futs]
+    assert len(calls) == 1 and all(b is blocks[0] for b in blocks)
+    assert cache.decodes == 1 and cache.hits == 3
+
+    def boom():
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        cache.get("bad", boom)
+    assert cache.get("bad", load).data.shape == (1, 4, 4)  # a later call loads it again
+
+
+def test_cache_budget_from_the_environment_is_checked(monkeypatch):
+    from geoembed.errors import ConfigError
+
+    monkeypatch.setattr(tilecache, "_SHARED", None)
+    monkeypatch.setenv("GEOEMBED_TILE_CACHE_MB", "lots")
+    with pytest.raises(ConfigError, match="GEOEMBED_TILE_CACHE_MB"):
+        tile_cache()
+    monkeypatch.setenv("GEOEMBED_TILE_CACHE_MB", "3")
+    assert tile_cache().max_bytes == 3 * 2**20
+
+
+@pytest.mark.parametrize("dist, tol_m", [(150.0, 1e-5), (1000.0, 5e-4), (2000.0 * 2**0.5, 7e-3)])
+def test_geodesic_series_matches_pyproj(dist, tol_m):
+    geod = pyproj.Geod(ellps="WGS84")
+    rng = np.random.default_rng(0)
+    lat = rng.uniform(-79.9, 79.9, 3000)
+    lon = rng.uniform(-180, 180, 3000)
+    for az in (0.0, 37.0, 90.0, 135.0, 200.0, 315.0):
+        e, n = dist * np.sin(np.radians(az)), dist * np.cos(np.radians(az))
+        lo, la = aeqd_offset(lon, lat, e, n)
+        lo2, la2, _ = geod.fwd(lon, lat, np.full(3000, az), np.full(3000, dist))
+        err = geod.inv(lo, la, lo2, la2)[2]
+        assert err.max() < tol_m
+
+
+@pytest.mark.parametrize("crs, transform, lon0, lat0", [
+    ("EPSG:32633", from_origin(300_000, 6_700_000, 10, 10), 15.0, 60.0),
+    ("EPSG:4326", from_origin(10, 71, 0.0003, 0.0003), 10.3, 70.7),
+    ("EPSG:3857", from_origin(1e6, 8e6, 10, 10), 10.0, 45.0),
+    ("EPSG:32760", from_origin(300_000, 1_000_000, 30, 30), 179.8, -79.0),  # antimeridian, far south
+])
+@pytest.mark.parametrize("chip_size, res", [(16, 10.0), (256, 30.0)])
+def test_interpolated_frame_matches_the_exact_frame(crs, transform, lon0, lat0, chip_size, res):
+    rng = np.random.default_rng(0)
+    lon = lon0 + rng.uniform(0, 0.35, 2000)
+    lon = (lon + 180) % 360 - 180
+    lat = lat0 + rng.uniform(0, 0.25, 2000)
+    wkt = pyproj.CRS(crs).to_wkt()
+    step = (chip_size - 1) / 2 * res
+    got = rv.source_pixel_frame(wkt, transform, lon, lat, step)
+    exact = rv._exact_frame(wkt, transform, lon, lat, step)
+    np.testing.assert_array_equal(got[0], exact[0])  # centres are exact
+    np.testing.assert_array_equal(got[3], exact[3])
+    for e, n in ((step, step), (-step, step), (step, -step), (-step, -step)):  # the chip corners
+        terms = np.array([e, n, e * e, e * n, n * n])
+        assert np.abs((got[2] - exact[2]) @ terms).max() < 2e-4
+    # a location's frame does not depend on the other locations of the call
+    part = rv.source_pixel_frame(wkt, transform, lon[7:9], lat[7:9], step)
+    np.testing.assert_array_equal(part[2], got[2][7:9])
