@@ -183,3 +183,10 @@ def test_interpolated_frame_matches_the_exact_frame(crs, transform, lon0, lat0, 
     # a location's frame does not depend on the other locations of the call
     part = rv.source_pixel_frame(wkt, transform, lon[7:9], lat[7:9], step)
     np.testing.assert_array_equal(part[2], got[2][7:9])
+
+
+def test_chunks_of_large_chips_are_capped_in_bytes():
+    assert rv.raster_chunk_rows(4096, 3, 16) == 4096  # 3 KB per row: the configured size
+    assert rv.raster_chunk_rows(4096, 3, 256) == 85  # 768 KB per row: 64 MB per chunk
+    assert rv.raster_chunk_rows(4096, 64, 1024) == 16  # never fewer than 16 rows
+    assert rv.raster_chunk_rows(10, 3, 256) == 10

@@ -17,7 +17,8 @@ class DaskConfig(Section):
 
     scheduler: str | None = None
     num_workers: int | None = Field(default=None, ge=1)
-    chunk_size: int = Field(default=2048, ge=1, description="locations per task")
+    chunk_size: int = Field(default=4096, ge=1, description="locations per task (raster views: fewer "
+                            "where the chips would pass 64 MB per chunk)")
 
 
 class RegionConfig(Section):

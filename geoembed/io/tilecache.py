@@ -6,7 +6,7 @@ holds decoded blocks (native dtype, plus the validity mask where one is read) ke
 identity, so each block is decompressed once per process while it stays in the cache. A block
 being decoded by one thread is waited for, not decoded again, by the others.
 
-Size: ``GEOEMBED_TILE_CACHE_MB`` (default 256 MB), least recently used out first. Arrays handed
+Size: ``GEOEMBED_TILE_CACHE_MB`` (default 128 MB), least recently used out first. Arrays handed
 out stay valid after eviction (numpy keeps them alive while in use).
 """
 
@@ -51,8 +51,11 @@ class TileCache:
         self.decodes = 0
         self.hits = 0
 
-    def get(self, key: Hashable, load: Callable[[], Block]) -> Block:
-        """The block for ``key``, calling ``load()`` (outside the lock) only if no thread has it."""
+    def get(self, key: Hashable, load: Callable[[], Block], wait: bool = True) -> Block | None:
+        """The block for ``key``, calling ``load()`` (outside the lock) only if no thread has it.
+
+        With ``wait=False``, None when another thread is loading it right now (so that the caller
+        can load its other blocks meanwhile and ask again later)."""
         while True:
             with self._lock:
                 blk = self._items.get(key)
@@ -64,6 +67,8 @@ class TileCache:
                 if ev is None:
                     ev = self._loading[key] = threading.Event()
                     break
+            if not wait:
+                return None
             ev.wait()  # another thread is decoding it; then look again (it may have failed)
         try:
             blk = load()
@@ -106,7 +111,7 @@ def tile_cache() -> TileCache:
     global _SHARED
     with _SHARED_LOCK:
         if _SHARED is None:
-            raw = os.environ.get("GEOEMBED_TILE_CACHE_MB", "256")
+            raw = os.environ.get("GEOEMBED_TILE_CACHE_MB", "128")
             try:
                 mb = float(raw)
             except ValueError:

@@ -15,9 +15,10 @@ and gives NaN when the nearest neighbour is invalid. A value is invalid when it 
 read grid, in a block that is not loaded, is NaN, equals the band's nodata, or is 0 in the mask.
 
 Each chip is done in two passes: positions and weights for all its pixels, then band by band the
-gathers. A chip whose pixels, neighbours included, lie in one *clean* block (no invalid value) is
-gathered without any check; one inside the raster across several clean blocks is first copied to
-a small patch and gathered the same way; the others go through block lookups and validity checks.
+gathers. The part of the source under a chip whose pixels, neighbours included, lie in *clean*
+blocks (no invalid value; one block, or several inside the raster) is first converted to a small
+float32 patch (contiguous, in cache), then gathered without any check; the other chips go through
+block lookups and validity checks.
 The kernel runs without the GIL, so threads sample chunks in parallel.
 """
 
@@ -59,8 +60,9 @@ def _value(atlas, masks, use_mask, s, ly, lx, b, nd, has_nd):
 
 @njit(nogil=True, cache=True, fastmath={"nnan", "ninf", "nsz", "contract"})
 def _gather_clean(src, slot_base, plane, row_w, fy, fx, ix, iy, wxs, wys, off, nb, bilinear, o, ch0):
-    """Chip values from one clean block (or patch) of ``src`` (flat), without any checks (no NaN can
-    occur here, and fused multiply-adds keep the lerp exact on constant fields)."""
+    """Chip values from a clean float32 patch ``src`` (flat; row length ``row_w``, top-left read
+    pixel (fy, fx)), without any checks (no NaN can occur here, and fused multiply-adds keep the
+    lerp exact on constant fields)."""
     npx = ix.shape[0]
     for p in range(npx):
         off[p] = (iy[p] - fy) * row_w + (ix[p] - fx)
@@ -114,6 +116,7 @@ def sample_chips(atlas, masks, slot_map, clean, block_h, block_w, grid_h, grid_w
     off = np.empty(npx, np.int64)
     wxs = np.empty(npx, np.float32)
     wys = np.empty(npx, np.float32)
+    fpatch = np.empty(nb * (size + 4) * (size + 4), np.float32)
     for k in range(rows.shape[0]):
         i = rows[k]
         fs = fast_slot[k]
@@ -122,6 +125,8 @@ def sample_chips(atlas, masks, slot_map, clean, block_h, block_w, grid_h, grid_w
         a0, a1, a2, a3, a4 = coef[i, 0, 0], coef[i, 0, 1], coef[i, 0, 2], coef[i, 0, 3], coef[i, 0, 4]
         b0, b1, b2, b3, b4 = coef[i, 1, 0], coef[i, 1, 1], coef[i, 1, 2], coef[i, 1, 3], coef[i, 1, 4]
         # pass 1: read-grid position (and bilinear weights) of every chip pixel
+        xmin = ymin = np.int64(1) << 62
+        xmax = ymax = -(np.int64(1) << 62)
         for yy in range(size):
             nn = dy[yy]
             alr_c = a1 * nn + a4 * nn * nn
@@ -148,18 +153,40 @@ def sample_chips(atlas, masks, slot_map, clean, block_h, block_w, grid_h, grid_w
                     yf = np.floor(v)
                 ix[p] = np.int64(xf)
                 iy[p] = np.int64(yf)
+                xmin = min(xmin, ix[p])
+                xmax = max(xmax, ix[p])
+                ymin = min(ymin, iy[p])
+                ymax = max(ymax, iy[p])
         o = out[i]
-        # pass 2, fast: one clean block, flat offsets, no checks
+        # the checks-free paths only for chips whose pixels (and neighbours) are inside their box
+        reach = 1 if bilinear else 0
+        if xmin < box[k, 0] or ymin < box[k, 1] or xmax + reach >= box[k, 2] or ymax + reach >= box[k, 3]:
+            fs = -1
+        # pass 2, fast: one clean block; its part under the chip to a float32 patch, then no checks
         if fs >= 0 and clean[fs]:
-            _gather_clean(flat, fs * nb * plane, plane, block_w, box[k, 5], box[k, 4], ix, iy, wxs, wys, off,
-                          nb, bilinear, o, ch0)
+            x0, y0, x1, y1 = box[k, 0], box[k, 1], box[k, 2], box[k, 3]
+            ph, pw = y1 - y0, x1 - x0
+            need = nb * ph * pw
+            if need > fpatch.shape[0]:
+                fpatch = np.empty(need, np.float32)
+            oy0 = y0 - box[k, 5]
+            ox0 = x0 - box[k, 4]
+            for b in range(nb):
+                for yy in range(ph):
+                    src = (fs * nb + b) * plane + (oy0 + yy) * block_w + ox0
+                    dst = (b * ph + yy) * pw
+                    for xx in range(pw):
+                        fpatch[dst + xx] = flat[src + xx]
+            _gather_clean(fpatch, 0, ph * pw, pw, y0, x0, ix, iy, wxs, wys, off, nb, bilinear, o, ch0)
             n_valid[i] += nb * npx
             continue
         # pass 2, patch: the box spans several blocks; copy it if they are all loaded and clean
         if fs == -2:
             x0, y0, x1, y1 = box[k, 0], box[k, 1], box[k, 2], box[k, 3]
             ph, pw = y1 - y0, x1 - x0
-            patch = np.empty(nb * ph * pw, atlas.dtype)
+            need = nb * ph * pw
+            if need > fpatch.shape[0]:
+                fpatch = np.empty(need, np.float32)
             good = True
             for y in range(y0, y1):
                 if not good:
@@ -171,9 +198,9 @@ def sample_chips(atlas, masks, slot_map, clean, block_h, block_w, grid_h, grid_w
                         break
                     q = (y - y0) * pw + (x - x0)
                     for b in range(nb):
-                        patch[b * ph * pw + q] = atlas[s, b, ly, lx]
+                        fpatch[b * ph * pw + q] = atlas[s, b, ly, lx]
             if good:
-                _gather_clean(patch, 0, ph * pw, pw, y0, x0, ix, iy, wxs, wys, off, nb, bilinear, o, ch0)
+                _gather_clean(fpatch, 0, ph * pw, pw, y0, x0, ix, iy, wxs, wys, off, nb, bilinear, o, ch0)
                 n_valid[i] += nb * npx
                 continue
         # pass 2, general: block lookups, bounds and validity checks
