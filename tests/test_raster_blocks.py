@@ -12,7 +12,7 @@ import pyproj
 import pytest
 
 from geoembed.io import tilecache
-from geoembed.io.tilecache import Block, TileCache, tile_cache
+from geoembed.io.tilecache import TileCache, tile_cache
 from geoembed.testing.rasters import from_origin, write_geotiff
 from geoembed.views import raster as rv
 from geoembed.views.raster import RasterSource, aeqd_offset, extract_chips
@@ -89,11 +89,18 @@ def test_a_tiny_cache_evicts_and_gives_the_same_chips(tmp_path, monkeypatch):
     lon, lat = _locations(n=200)
     src = [RasterSource(str(path))]
     ref, _ = extract_chips(src, lon, lat, chip_size=16, resolution_m=RES)
-    small = TileCache(max_bytes=3 * 64 * 64 * 2 * 2)  # two blocks
+    small = TileCache(max_bytes=1)  # arenas of 4 slots
     monkeypatch.setattr(tilecache, "_SHARED", small)
     got = np.concatenate([extract_chips(src, lon[a:a + 20], lat[a:a + 20], chip_size=16, resolution_m=RES)[0]
                           for a in range(0, 200, 20)])
-    assert small.nbytes <= small.max_bytes and small.decodes > 25  # blocks were evicted and read again
+    assert small.decodes > 25  # blocks were evicted and read again
+    np.testing.assert_array_equal(got, ref)
+    # blocks that find no room in the arena are read into a private buffer instead
+    ref, _ = extract_chips(src, lon, lat, chip_size=40, resolution_m=RES)
+    monkeypatch.setattr(tilecache.BlockArena, "acquire", lambda self, keys, load: None)
+    small.clear()
+    got, _ = extract_chips(src, lon, lat, chip_size=40, resolution_m=RES)
+    assert small.decodes == 0
     np.testing.assert_array_equal(got, ref)
 
 
@@ -108,30 +115,57 @@ def test_a_replaced_file_is_never_served_from_the_cache(tmp_path):
     assert (extract_chips(src, lon, lat, chip_size=8, resolution_m=RES)[0] == 9).all()
 
 
-def test_cache_loads_a_key_once_under_contention_and_retries_after_a_failure():
-    cache = TileCache(max_bytes=1 << 20)
-    calls = []
-    gate = threading.Event()
+def _filler(arena, calls, gate=None):
+    def load(key, slot):
+        calls.append(key)
+        if gate is not None:
+            gate.wait(1.0)
+        arena.data[slot] = hash(key) % 200
+        return True
+    return load
 
-    def load():
-        calls.append(1)
-        gate.wait(1.0)
-        return Block(np.zeros((1, 4, 4), np.uint8), None, True)
 
+def test_arena_loads_a_key_once_under_contention_and_retries_after_a_failure():
+    cache = TileCache(max_bytes=4 * 16)
+    arena = cache.arena("src", np.uint8, 1, (4, 4), False)
+    assert arena.capacity == 4
+    calls, gate = [], threading.Event()
     with ThreadPoolExecutor(4) as pool:
-        futs = [pool.submit(cache.get, "k", load) for _ in range(4)]
+        futs = [pool.submit(arena.acquire, ["k"], _filler(arena, calls, gate)) for _ in range(4)]
         time.sleep(0.05)
         gate.set()
-        blocks = [f.result() for f in futs]
-    assert len(calls) == 1 and all(b is blocks[0] for b in blocks)
+        slots = [f.result() for f in futs]
+    assert calls == ["k"] and all(s.tolist() == slots[0].tolist() for s in slots)
     assert cache.decodes == 1 and cache.hits == 3
+    arena.release(slots[0].tolist() * 4)
 
-    def boom():
+    def boom(key, slot):
         raise OSError("disk gone")
 
     with pytest.raises(OSError, match="disk gone"):
-        cache.get("bad", boom)
-    assert cache.get("bad", load).data.shape == (1, 4, 4)  # a later call loads it again
+        arena.acquire(["a", "bad"], lambda k, s: boom(k, s) if k == "bad" else True)
+    got = arena.acquire(["bad", "a", "k"], _filler(arena, calls))  # nothing was left pinned or half-loaded
+    assert got is not None and len(set(got.tolist())) == 3
+    arena.release(got.tolist())
+
+
+def test_arena_never_reuses_pinned_slots():
+    cache = TileCache(max_bytes=4 * 16)
+    arena = cache.arena("src", np.uint8, 1, (4, 4), False)
+    calls = []
+    held = arena.acquire(["a", "b", "c"], _filler(arena, calls))
+    values = arena.data[held].copy()
+    assert arena.acquire(["d", "e"], _filler(arena, calls)) is None  # only one slot is free
+    assert calls == ["a", "b", "c"]
+    one = arena.acquire(["d"], _filler(arena, calls))
+    arena.release(one.tolist())
+    for key in ("e", "f", "g"):  # churn through the one unpinned slot
+        arena.release(arena.acquire([key], _filler(arena, calls)).tolist())
+    np.testing.assert_array_equal(arena.data[held], values)  # the pinned blocks are untouched
+    arena.release(held.tolist())
+    again = arena.acquire(["a"], _filler(arena, calls))  # still cached
+    assert calls.count("a") == 1
+    arena.release(again.tolist())
 
 
 def test_cache_budget_from_the_environment_is_checked(monkeypatch):

@@ -249,9 +249,9 @@ def _spy_reads(monkeypatch):
     boxes = []
     real = rv._read_window
 
-    def spy(ds, path, bands, nodata, use_mask, box, factor):
+    def spy(ds, path, bands, nodata, use_mask, box, factor, **kw):
         boxes.append(box)
-        return real(ds, path, bands, nodata, use_mask, box, factor)
+        return real(ds, path, bands, nodata, use_mask, box, factor, **kw)
 
     monkeypatch.setattr(rv, "_read_window", spy)
     tile_cache().clear()

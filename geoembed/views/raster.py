@@ -91,7 +91,7 @@ from geoembed.errors import ConfigError, InputError
 from geoembed.io.atomic import source_fingerprint, text_fingerprint
 from geoembed.io.locations import validate_locations
 from geoembed.io.rasters import open_raster
-from geoembed.io.tilecache import Block, tile_cache
+from geoembed.io.tilecache import tile_cache
 from geoembed.io.viewstore import ArraySpec, ViewStore
 
 log = logging.getLogger(__name__)
@@ -431,9 +431,11 @@ def _align_box(box: tuple[int, int, int, int], factor: int, width: int, height: 
 
 
 def _read_window(ds, path: str, bands: Sequence[int], nodata: Sequence[float | None],
-                 use_mask: Sequence[bool], box: tuple[int, int, int, int], factor: int) -> Block:
+                 use_mask: Sequence[bool], box: tuple[int, int, int, int], factor: int,
+                 out: np.ndarray | None = None, out_mask: np.ndarray | None = None) -> tuple:
     """Read a window (native dtype; decimated by ``factor`` with GDAL ``average``) and, for bands
-    without nodata whose dataset has a mask, the mask (0 = no data); notes whether all is valid."""
+    without nodata whose dataset has a mask, the mask (0 = no data), into ``out``/``out_mask`` when
+    given. Returns ``(data, mask or None, clean)``: clean when no value is NaN, nodata or masked."""
     from rasterio.enums import Resampling
     from rasterio.errors import RasterioError
     from rasterio.windows import Window
@@ -445,13 +447,15 @@ def _read_window(ds, path: str, bands: Sequence[int], nodata: Sequence[float | N
         kw = {"out_shape": (len(bands), -(-(y1 - y0) // factor), -(-(x1 - x0) // factor)),
               "resampling": Resampling.average}
     try:
-        arr = ds.read(list(bands), window=win, **kw)
+        arr = ds.read(list(bands), window=win, out=out, **kw)
         mask = None
         if any(use_mask):
-            mask = np.full(arr.shape, 255, dtype=np.uint8)
+            mask = np.full(arr.shape, 255, dtype=np.uint8) if out_mask is None else out_mask
             for k, (band, um) in enumerate(zip(bands, use_mask, strict=True)):
                 if um:
                     mask[k] = ds.read_masks(band, window=win, **({"out_shape": arr.shape[1:]} if factor > 1 else {}))
+                else:
+                    mask[k] = 255
     except RasterioError as err:
         raise InputError(f"cannot read raster {path} window {box}: {err}") from None
     clean = mask is None or bool((mask != 0).all())
@@ -462,7 +466,7 @@ def _read_window(ds, path: str, bands: Sequence[int], nodata: Sequence[float | N
             clean = False
         elif nodata[k] is not None and not math.isnan(nodata[k]) and (arr[k] == nodata[k]).any():
             clean = False
-    return Block(np.ascontiguousarray(arr), mask, clean)
+    return arr, mask, clean
 
 
 def _block_shape(ds, bands: Sequence[int], factor: int) -> tuple[int, int] | None:
@@ -534,38 +538,43 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return buf[:nbytes].view(dtype).reshape(shape)
 
 
-def _load_blocks(ds, src_key: tuple, path: str, bands: Sequence[int], nodata: Sequence[float | None],
-                 use_mask: Sequence[bool], block: tuple[int, int], tys: np.ndarray,
-                 txs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The atlas (k, bands, bh, bw) of blocks (tys, txs) through the shared cache, their masks
-    (k, bands, bh, bw) uint8 (an empty (0, 1, 1, 1) array when no band uses a mask) and which
-    blocks are clean (k,)."""
+def _block_box(ds, block: tuple[int, int], ty: int, tx: int) -> tuple[int, int, int, int]:
     bh, bw = block
-    cache = tile_cache()
+    x0, y0 = tx * bw, ty * bh
+    return x0, y0, min(x0 + bw, ds.width), min(y0 + bh, ds.height)
+
+
+def _load_blocks(ds, src_key: tuple, path: str, bands: Sequence[int], nodata: Sequence[float | None],
+                 use_mask: Sequence[bool], block: tuple[int, int], tys: np.ndarray, txs: np.ndarray):
+    """Blocks (tys, txs) pinned in the shared arena of this source: ``(data, masks, clean, slots,
+    arena)``; the slots index ``data``. When the arena has no room for them next to the other
+    threads' pinned blocks, they are decoded into a private buffer instead (``arena`` None)."""
+    bh, bw = block
     dtype = np.dtype(ds.dtypes[bands[0] - 1])
-    atlas = _scratch("atlas", (len(tys), len(bands), bh, bw), dtype)
-    masks = _scratch("masks", (len(tys) if any(use_mask) else 0, len(bands), bh, bw), np.dtype(np.uint8))
-    clean = np.zeros(len(tys), dtype=np.bool_)
-    todo = list(enumerate(zip(tys.tolist(), txs.tolist(), strict=True)))
-    for wait in (False, True):  # blocks other threads are decoding right now are taken last
-        later = []
-        for k, (ty, tx) in todo:
-            x0, y0 = tx * bw, ty * bh
-            box = (x0, y0, min(x0 + bw, ds.width), min(y0 + bh, ds.height))
-            blk = cache.get((src_key, ty, tx),
-                            lambda box=box: _read_window(ds, path, bands, nodata, use_mask, box, 1), wait=wait)
-            if blk is None:
-                later.append((k, (ty, tx)))
-                continue
-            h, w = blk.data.shape[1:]
-            clean[k] = blk.clean  # (the unused part of an edge block is never read)
-            atlas[k, :, :h, :w] = blk.data
-            if len(masks):
-                masks[k, :, :h, :w] = blk.mask
-        todo = later
-    if not len(masks):
-        masks = np.empty((0, 1, 1, 1), dtype=np.uint8)
-    return atlas, masks, clean
+    with_mask = any(use_mask)
+    arena = tile_cache().arena(src_key, dtype, len(bands), block, with_mask)
+
+    def load(key, slot):
+        _, ty, tx = key
+        x0, y0, x1, y1 = _block_box(ds, block, ty, tx)
+        return _read_window(ds, path, bands, nodata, use_mask, (x0, y0, x1, y1), 1,
+                            out=arena.data[slot, :, :y1 - y0, :x1 - x0],
+                            out_mask=arena.mask[slot, :, :y1 - y0, :x1 - x0] if with_mask else None)[2]
+
+    keys = [(src_key, ty, tx) for ty, tx in zip(tys.tolist(), txs.tolist(), strict=True)]
+    slots = arena.acquire(keys, load)
+    if slots is not None:
+        return arena.data, arena.mask, arena.clean, slots, arena
+    data = _scratch("atlas", (len(keys), len(bands), bh, bw), dtype)
+    masks = _scratch("masks", (len(keys), len(bands), bh, bw), np.dtype(np.uint8)) if with_mask \
+        else np.empty((0, 1, 1, 1), dtype=np.uint8)
+    clean = np.zeros(len(keys), dtype=np.bool_)
+    for k, (ty, tx) in enumerate(zip(tys.tolist(), txs.tolist(), strict=True)):
+        x0, y0, x1, y1 = _block_box(ds, block, ty, tx)
+        clean[k] = _read_window(ds, path, bands, nodata, use_mask, (x0, y0, x1, y1), 1,
+                                out=data[k, :, :y1 - y0, :x1 - x0],
+                                out_mask=masks[k, :, :y1 - y0, :x1 - x0] if with_mask else None)[2]
+    return data, masks, clean, np.arange(len(keys), dtype=np.int64), None
 
 
 # --------------------------------------------------------------------------- chips
@@ -684,42 +693,50 @@ def _sample_source(ds, src: RasterSource, bands: list[int], lon: np.ndarray, lat
         tlo_x, thi_x = lo_c // bw, (hi_c - 1) // bw
         tlo_y, thi_y = lo_r // bh, (hi_r - 1) // bh
         itemsize = np.dtype(ds.dtypes[bands[0] - 1]).itemsize + (1 if any(use_mask) else 0)
-        max_blocks = max(1, max_window_bytes // (bh * bw * len(bands) * itemsize))
+        # a group's blocks fit in the byte cap and in a quarter of the shared arena (room for other threads)
+        arena_slots = tile_cache().max_bytes // (bh * bw * len(bands) * itemsize)
+        max_blocks = max(1, min(max_window_bytes // (bh * bw * len(bands) * itemsize), arena_slots // 4))
         for gidx in _plan_block_groups(tlo_x, thi_x, tlo_y, thi_y, max_blocks):
             tx0, ty0 = int(tlo_x[gidx].min()), int(tlo_y[gidx].min())
             nx = int(thi_x[gidx].max()) - tx0 + 1
             ny = int(thi_y[gidx].max()) - ty0 + 1
             ids = _block_ids(tlo_x, thi_x, tlo_y, thi_y, gidx, nx)
-            atlas, masks, clean = _load_blocks(ds, src_key, src.path, bands, nodata, use_mask, block,
-                                        ids // nx + ty0, ids % nx + tx0)
-            slot_map = np.full((ny, nx), -1, dtype=np.int64)
-            slot_map.ravel()[ids] = np.arange(len(ids))
-            one = (tlo_x[gidx] == thi_x[gidx]) & (tlo_y[gidx] == thi_y[gidx])
-            fast = np.where(one, slot_map[tlo_y[gidx] - ty0, tlo_x[gidx] - tx0], -2)
-            fast = np.where(inside[gidx], fast, -1)
-            box = np.stack([lo_c[gidx], lo_r[gidx], hi_c[gidx], hi_r[gidx], tlo_x[gidx] * bw, tlo_y[gidx] * bh], 1)
-            run(touching[gidx], atlas, masks, slot_map, clean, block, (ds.height, ds.width), (ty0, tx0), (0, 0),
-                (1.0, 1.0), fast, box)
+            atlas, masks, clean, slots, arena = _load_blocks(ds, src_key, src.path, bands, nodata, use_mask,
+                                                             block, ids // nx + ty0, ids % nx + tx0)
+            try:
+                slot_map = np.full((ny, nx), -1, dtype=np.int64)
+                slot_map.ravel()[ids] = slots
+                one = (tlo_x[gidx] == thi_x[gidx]) & (tlo_y[gidx] == thi_y[gidx])
+                fast = np.where(one, slot_map[tlo_y[gidx] - ty0, tlo_x[gidx] - tx0], -2)
+                fast = np.where(inside[gidx], fast, -1)
+                box = np.stack([lo_c[gidx], lo_r[gidx], hi_c[gidx], hi_r[gidx], tlo_x[gidx] * bw,
+                                tlo_y[gidx] * bh], 1)
+                order = np.argsort(fast, kind="stable")  # block by block (in cache), in Hilbert order within
+                run(touching[gidx][order], atlas, masks, slot_map, clean, block, (ds.height, ds.width),
+                    (ty0, tx0), (0, 0), (1.0, 1.0), fast[order], box[order])
+            finally:
+                if arena is not None:
+                    arena.release(slots.tolist())
         return
     # window by window (striped or untiled files, decimated reads, other formats)
     max_px = max(1, max_window_bytes // (8 * len(bands))) * factor * factor
     for gidx, box in _plan_windows(lo_c, hi_c, lo_r, hi_r, max_px, max_waste):
         if factor > 1:
             box = _align_box(box, factor, ds.width, ds.height)
-        blk = _read_window(ds, src.path, bands, nodata, use_mask, box, factor)
-        h, w = blk.data.shape[1:]
+        data, mask, clean = _read_window(ds, src.path, bands, nodata, use_mask, box, factor)
+        h, w = data.shape[1:]
         sx, sy = (box[2] - box[0]) / w, (box[3] - box[1]) / h  # source pixels per read pixel
         fast = inside[gidx] & ((lo_c[gidx] - box[0]) / sx >= 0) & ((hi_c[gidx] - box[0]) / sx <= w) \
             & ((lo_r[gidx] - box[1]) / sy >= 0) & ((hi_r[gidx] - box[1]) / sy <= h)
-        masks = blk.mask[None] if blk.mask is not None else np.empty((0, 1, 1, 1), dtype=np.uint8)
+        masks = mask[None] if mask is not None else np.empty((0, 1, 1, 1), dtype=np.uint8)
         # each chip's read pixels (neighbours included) on the window's read grid
         rbox = np.zeros((len(gidx), 6), dtype=np.int64)
         rbox[:, 0] = np.clip(np.floor((lo_c[gidx] - box[0]) / sx), 0, w)
         rbox[:, 1] = np.clip(np.floor((lo_r[gidx] - box[1]) / sy), 0, h)
         rbox[:, 2] = np.clip(np.ceil((hi_c[gidx] - box[0]) / sx), 0, w)
         rbox[:, 3] = np.clip(np.ceil((hi_r[gidx] - box[1]) / sy), 0, h)
-        run(touching[gidx], blk.data[None], masks, np.zeros((1, 1), dtype=np.int64),
-            np.array([blk.clean]), (h, w), (h, w), (0, 0),
+        run(touching[gidx], np.ascontiguousarray(data)[None], masks, np.zeros((1, 1), dtype=np.int64),
+            np.array([clean]), (h, w), (h, w), (0, 0),
             (box[0], box[1]), (sx, sy), np.where(fast, 0, -1), rbox)
 
 
