@@ -56,8 +56,7 @@ def test_blocks_give_the_same_chips_as_windows(tmp_path, monkeypatch, dtype, nod
     assert tile_cache().decodes > 0  # read block by block
     monkeypatch.setattr(rv, "_block_shape", lambda *a: None)  # force window reads
     ref, vf_ref = extract_chips(src, lon, lat, chip_size=chip_size, resolution_m=RES, resampling=resampling)
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
-    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-4, equal_nan=True)
+    np.testing.assert_array_equal(got, ref)  # bit for bit (NaN where NaN)
     np.testing.assert_array_equal(vf, vf_ref)
     assert 0 < vf.min() < 1 or vf.min() == 0  # edges and holes are exercised
     assert (vf == 1).any()
@@ -224,3 +223,33 @@ def test_chunks_of_large_chips_are_capped_in_bytes():
     assert rv.raster_chunk_rows(4096, 3, 256) == 85  # 768 KB per row: 64 MB per chunk
     assert rv.raster_chunk_rows(4096, 64, 1024) == 16  # never fewer than 16 rows
     assert rv.raster_chunk_rows(10, 3, 256) == 10
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+@pytest.mark.parametrize("resolution", [RES, 2.5 * RES, 1.9 * RES])  # native, decimated, factor by location
+def test_a_chip_does_not_depend_on_the_other_locations(tmp_path, tiled, resolution):
+    path = write_geotiff(tmp_path / "r.tif", np.random.default_rng(5).integers(1, 900, (2, 300, 300)).astype(
+        "uint16"), crs=UTM, transform=GRID, tiled=tiled, blocksize=64)
+    lon, lat = _locations(n=120, size=300)
+    src = [RasterSource(str(path))]
+    everything, vf = extract_chips(src, lon, lat, chip_size=12, resolution_m=resolution)
+    for part in (slice(0, 1), slice(5, 9), slice(40, 120, 7)):
+        alone, vf_alone = extract_chips(src, np.asarray(lon)[part], np.asarray(lat)[part], chip_size=12,
+                                        resolution_m=resolution)
+        np.testing.assert_array_equal(alone, everything[part])
+        np.testing.assert_array_equal(vf_alone, vf[part])
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_float32_nodata_is_compared_as_the_band_stores_it(tmp_path, tiled):
+    data = np.full((1, 64, 64), np.float32(-9999.9), dtype=np.float32)
+    data[0, :, 32:] = 5.0
+    data[0, 0, 40] = np.inf  # infinite values are no data too
+    path = write_geotiff(tmp_path / "f.tif", data, crs=UTM, transform=GRID, tiled=tiled, blocksize=32)
+    lon, lat = _lonlat([16, 16, 1], [16, 48, 40])
+    chips, vf = extract_chips([RasterSource(str(path), nodata=-9999.9)], lon, lat, chip_size=4,
+                              resolution_m=RES, resampling="nearest")
+    assert vf[0] == 0 and np.isnan(chips[0]).all()  # -9999.9 as a float32: no data
+    assert vf[1] == 1 and (chips[1] == 5).all()
+    assert 0 < vf[2] < 1 and np.isnan(chips[2]).sum() == round((1 - vf[2]) * 16)  # the inf pixel is NaN
+    assert not np.isinf(chips).any()

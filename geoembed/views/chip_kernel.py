@@ -12,7 +12,8 @@ For chip pixel (r, c) of location i the source position comes from the local qua
 (``u = (col - ox) / sx``). ``nearest`` takes the read pixel containing (u, v); ``bilinear`` takes the
 usual four neighbours of (u - 0.5, v - 0.5) with float32 weights, renormalised over the valid ones,
 and gives NaN when the nearest neighbour is invalid. A value is invalid when it lies outside the
-read grid, in a block that is not loaded, is NaN, equals the band's nodata, or is 0 in the mask.
+read grid, in a block that is not loaded, is NaN or infinite, equals the band's nodata (compared in
+float64 after the nodata is cast to the band's dtype), or is 0 in the mask.
 
 Each chip is done in two passes: positions and weights for all its pixels, then band by band the
 gathers. The part of the source under a chip whose pixels, neighbours included, lie in *clean*
@@ -51,18 +52,18 @@ def _value(atlas, masks, use_mask, s, ly, lx, b, nd, has_nd):
         return np.float32(np.nan), False
     v = atlas[s, b, ly, lx]
     f = np.float64(v)
-    if f != f or (has_nd and f == nd):
+    if not np.isfinite(f) or (has_nd and f == nd):
         return np.float32(np.nan), False
     if use_mask and masks[s, b, ly, lx] == 0:
         return np.float32(np.nan), False
     return np.float32(v), True
 
 
-@njit(nogil=True, cache=True, fastmath={"nnan", "ninf", "nsz", "contract"})
+@njit(nogil=True, cache=True)
 def _gather_clean(src, slot_base, plane, row_w, fy, fx, ix, iy, wxs, wys, off, nb, bilinear, o, ch0):
     """Chip values from a clean float32 patch ``src`` (flat; row length ``row_w``, top-left read
-    pixel (fy, fx)), without any checks (no NaN can occur here, and fused multiply-adds keep the
-    lerp exact on constant fields)."""
+    pixel (fy, fx)), without any checks; the same arithmetic as the checked path, so a chip does
+    not depend on which path sampled it."""
     npx = ix.shape[0]
     for p in range(npx):
         off[p] = (iy[p] - fy) * row_w + (ix[p] - fx)
@@ -164,7 +165,8 @@ def sample_chips(atlas, masks, slot_map, clean, block_h, block_w, grid_h, grid_w
             fs = -1
         # pass 2, fast: one clean block; its part under the chip to a float32 patch, then no checks
         if fs >= 0 and clean[fs]:
-            x0, y0, x1, y1 = box[k, 0], box[k, 1], box[k, 2], box[k, 3]
+            # the patch spans exactly the pixels the chip reads (inside its box, checked above)
+            x0, y0, x1, y1 = xmin, ymin, xmax + 1 + reach, ymax + 1 + reach
             ph, pw = y1 - y0, x1 - x0
             need = nb * ph * pw
             if need > fpatch.shape[0]:
@@ -182,7 +184,8 @@ def sample_chips(atlas, masks, slot_map, clean, block_h, block_w, grid_h, grid_w
             continue
         # pass 2, patch: the box spans several blocks; copy it if they are all loaded and clean
         if fs == -2:
-            x0, y0, x1, y1 = box[k, 0], box[k, 1], box[k, 2], box[k, 3]
+            # the patch spans exactly the pixels the chip reads (inside its box, checked above)
+            x0, y0, x1, y1 = xmin, ymin, xmax + 1 + reach, ymax + 1 + reach
             ph, pw = y1 - y0, x1 - x0
             need = nb * ph * pw
             if need > fpatch.shape[0]:

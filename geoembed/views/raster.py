@@ -43,8 +43,11 @@ Reading
     * Other sources (striped or untiled files, VRTs and other formats) are read by windows: one per
       group of nearby locations covering all their chips, clipped to the raster.
     * When a chip pixel spans two or more source pixels (``resolution_m`` much coarser than the
-      raster), the window is read decimated by that integer factor with GDAL ``average``
-      resampling (overviews are used when present), which keeps the read small and anti-aliases.
+      raster), the window is read decimated by that integer factor (per location) with GDAL
+      ``average`` resampling (overviews are used when present), which keeps the read small and
+      anti-aliases. The averaging cells are a global grid (``factor`` x ``factor`` source pixels
+      from the raster's origin), so a chip does not depend on the other locations; a partial last
+      cell at the right or bottom edge is no data.
 
 Memory
     Locations are grouped by recursive k-d halving on the longer axis: for windows, until each is
@@ -417,17 +420,15 @@ def _plan_windows(
 
 
 def _align_box(box: tuple[int, int, int, int], factor: int, width: int, height: int):
-    """Grow a window to whole multiples of ``factor`` pixels (shifting it inside the raster) so that
-    a decimated read has exactly ``factor`` source pixels per read pixel where the raster allows."""
+    """Grow a window to the global grid of ``factor`` x ``factor`` source pixels (cells start at
+    multiples of ``factor``), without the partial last cell at the right and bottom edges, so that
+    a decimated read has exactly ``factor`` source pixels per read pixel and the same cells
+    whatever the other locations of the call."""
     x0, y0, x1, y1 = box
-    out = []
-    for lo, hi, size in ((x0, x1, width), (y0, y1, height)):
-        need = -(-(hi - lo) // factor) * factor
-        hi = lo + need
-        if hi > size:
-            lo, hi = max(0, size - need), size
-        out.append((lo, hi))
-    return out[0][0], out[1][0], out[0][1], out[1][1]
+    x0, y0 = (x0 // factor) * factor, (y0 // factor) * factor
+    x1 = min(-(-x1 // factor) * factor, (width // factor) * factor)
+    y1 = min(-(-y1 // factor) * factor, (height // factor) * factor)
+    return x0, y0, x1, y1
 
 
 def _read_window(ds, path: str, bands: Sequence[int], nodata: Sequence[float | None],
@@ -462,7 +463,7 @@ def _read_window(ds, path: str, bands: Sequence[int], nodata: Sequence[float | N
     for k in range(len(bands)):
         if not clean:
             break
-        if arr.dtype.kind == "f" and np.isnan(arr[k]).any():
+        if arr.dtype.kind == "f" and not np.isfinite(arr[k]).all():
             clean = False
         elif nodata[k] is not None and not math.isnan(nodata[k]) and (arr[k] == nodata[k]).any():
             clean = False
@@ -648,10 +649,11 @@ def _sample_source(ds, src: RasterSource, bands: list[int], lon: np.ndarray, lat
     # not with a nodata override, which GDAL would average into the data
     with np.errstate(invalid="ignore"):
         scale = np.sqrt(np.abs(coef[:, 0, 0] * coef[:, 1, 1] - coef[:, 0, 1] * coef[:, 1, 0]))
-    scale = scale[ok] * resolution_m
-    factor = 1
-    if src.nodata is None and len(scale):
-        factor = max(1, int(np.floor(scale.min() + 1e-6)))
+    # per location (a chip must not depend on the other locations of the call)
+    with np.errstate(invalid="ignore"):
+        factor = np.where(ok, np.maximum(1, np.floor(np.nan_to_num(scale) * resolution_m + 1e-6)), 1).astype(np.int64)
+    if src.nodata is not None:
+        factor[:] = 1
     margin = 0.5 + factor  # covers the bilinear neighbours on the (decimated) read grid
     a = np.abs(coef)
     ext_c = (a[:, 0, 0] + a[:, 0, 1]) * half + (a[:, 0, 2] + a[:, 0, 3] + a[:, 0, 4]) * half * half
@@ -674,8 +676,12 @@ def _sample_source(ds, src: RasterSource, bands: list[int], lon: np.ndarray, lat
     lo_c, hi_c = lo_c[touching].astype(np.int64), hi_c[touching].astype(np.int64)
     lo_r, hi_r = lo_r[touching].astype(np.int64), hi_r[touching].astype(np.int64)
     inside = inside[touching]
+    factor = factor[touching]
     has_nd = np.array([v is not None and not math.isnan(v) for v in nodata], dtype=np.bool_)
-    nd = np.array([np.nan if v is None else v for v in nodata], dtype=np.float64)
+    # nodata as the band stores it (a float32 band holds -9999.9 as -9999.900390625), as GDAL compares
+    band_type = np.dtype(ds.dtypes[bands[0] - 1]).type
+    nd = np.array([np.nan if v is None else float(band_type(v)) if np.dtype(band_type).kind == "f" else v
+                   for v in nodata], dtype=np.float64)
     dx, dy = chip_offsets(S, resolution_m)
     bilinear = resampling == "bilinear"
 
@@ -685,44 +691,64 @@ def _sample_source(ds, src: RasterSource, bands: list[int], lon: np.ndarray, lat
                      loc.astype(np.int64), fast_slot.astype(np.int64), np.ascontiguousarray(box, dtype=np.int64),
                      dx, dy, nd, has_nd, bilinear, out, ch0, n_valid)
 
-    block = _block_shape(ds, bands, factor)
-    if block is not None:  # tile by tile, through the process-wide cache of decoded blocks
-        bh, bw = block
-        # the key covers all that a cached block depends on (clean depends on the nodata values)
-        src_key = (_file_key(src.path), tuple(bands), tuple(use_mask), tuple(_nodata_json(v) for v in nodata))
-        tlo_x, thi_x = lo_c // bw, (hi_c - 1) // bw
-        tlo_y, thi_y = lo_r // bh, (hi_r - 1) // bh
-        itemsize = np.dtype(ds.dtypes[bands[0] - 1]).itemsize + (1 if any(use_mask) else 0)
-        # a group's blocks fit in the byte cap and in a quarter of the shared arena (room for other threads)
-        arena_slots = tile_cache().max_bytes // (bh * bw * len(bands) * itemsize)
-        max_blocks = max(1, min(max_window_bytes // (bh * bw * len(bands) * itemsize), arena_slots // 4))
-        for gidx in _plan_block_groups(tlo_x, thi_x, tlo_y, thi_y, max_blocks):
-            tx0, ty0 = int(tlo_x[gidx].min()), int(tlo_y[gidx].min())
-            nx = int(thi_x[gidx].max()) - tx0 + 1
-            ny = int(thi_y[gidx].max()) - ty0 + 1
-            ids = _block_ids(tlo_x, thi_x, tlo_y, thi_y, gidx, nx)
-            atlas, masks, clean, slots, arena = _load_blocks(ds, src_key, src.path, bands, nodata, use_mask,
-                                                             block, ids // nx + ty0, ids % nx + tx0)
-            try:
-                slot_map = np.full((ny, nx), -1, dtype=np.int64)
-                slot_map.ravel()[ids] = slots
-                one = (tlo_x[gidx] == thi_x[gidx]) & (tlo_y[gidx] == thi_y[gidx])
-                fast = np.where(one, slot_map[tlo_y[gidx] - ty0, tlo_x[gidx] - tx0], -2)
-                fast = np.where(inside[gidx], fast, -1)
-                box = np.stack([lo_c[gidx], lo_r[gidx], hi_c[gidx], hi_r[gidx], tlo_x[gidx] * bw,
-                                tlo_y[gidx] * bh], 1)
-                order = np.argsort(fast, kind="stable")  # block by block (in cache), in Hilbert order within
-                run(touching[gidx][order], atlas, masks, slot_map, clean, block, (ds.height, ds.width),
-                    (ty0, tx0), (0, 0), (1.0, 1.0), fast[order], box[order])
-            finally:
-                if arena is not None:
-                    arena.release(slots.tolist())
-        return
-    # window by window (striped or untiled files, decimated reads, other formats)
+    block = _block_shape(ds, bands, 1)
+    for f in np.unique(factor).tolist():
+        sel = np.flatnonzero(factor == f)
+        args = (touching[sel], lo_c[sel], hi_c[sel], lo_r[sel], hi_r[sel], inside[sel])
+        if f == 1 and block is not None:  # tile by tile, through the process-wide store of decoded blocks
+            _sample_blocks(ds, src, bands, nodata, use_mask, block, *args, run, max_window_bytes)
+        else:  # window by window (striped or untiled files, decimated reads, other formats)
+            _sample_windows(ds, src, bands, nodata, use_mask, f, *args, run, max_window_bytes, max_waste, out,
+                            ch0)
+
+
+def _sample_blocks(ds, src: RasterSource, bands, nodata, use_mask, block, rows, lo_c, hi_c, lo_r, hi_r, inside,
+                   run, max_window_bytes: int) -> None:
+    """Sample the chips ``rows`` (boxes lo/hi, in source pixels) of a tiled source block by block."""
+    bh, bw = block
+    # the key covers all that a cached block depends on (clean depends on the nodata values)
+    src_key = (_file_key(src.path), tuple(bands), tuple(use_mask), tuple(_nodata_json(v) for v in nodata))
+    tlo_x, thi_x = lo_c // bw, (hi_c - 1) // bw
+    tlo_y, thi_y = lo_r // bh, (hi_r - 1) // bh
+    itemsize = np.dtype(ds.dtypes[bands[0] - 1]).itemsize + (1 if any(use_mask) else 0)
+    # a group's blocks fit in the byte cap and in a quarter of the shared arena (room for other threads)
+    arena_slots = tile_cache().max_bytes // (bh * bw * len(bands) * itemsize)
+    max_blocks = max(1, min(max_window_bytes // (bh * bw * len(bands) * itemsize), arena_slots // 4))
+    for gidx in _plan_block_groups(tlo_x, thi_x, tlo_y, thi_y, max_blocks):
+        tx0, ty0 = int(tlo_x[gidx].min()), int(tlo_y[gidx].min())
+        nx = int(thi_x[gidx].max()) - tx0 + 1
+        ny = int(thi_y[gidx].max()) - ty0 + 1
+        ids = _block_ids(tlo_x, thi_x, tlo_y, thi_y, gidx, nx)
+        atlas, masks, clean, slots, arena = _load_blocks(ds, src_key, src.path, bands, nodata, use_mask,
+                                                         block, ids // nx + ty0, ids % nx + tx0)
+        try:
+            slot_map = np.full((ny, nx), -1, dtype=np.int64)
+            slot_map.ravel()[ids] = slots
+            one = (tlo_x[gidx] == thi_x[gidx]) & (tlo_y[gidx] == thi_y[gidx])
+            fast = np.where(one, slot_map[tlo_y[gidx] - ty0, tlo_x[gidx] - tx0], -2)
+            fast = np.where(inside[gidx], fast, -1)
+            box = np.stack([lo_c[gidx], lo_r[gidx], hi_c[gidx], hi_r[gidx], tlo_x[gidx] * bw,
+                            tlo_y[gidx] * bh], 1)
+            order = np.argsort(fast, kind="stable")  # block by block (in cache), in Hilbert order within
+            run(rows[gidx][order], atlas, masks, slot_map, clean, block, (ds.height, ds.width),
+                (ty0, tx0), (0, 0), (1.0, 1.0), fast[order], box[order])
+        finally:
+            if arena is not None:
+                arena.release(slots.tolist())
+
+
+def _sample_windows(ds, src: RasterSource, bands, nodata, use_mask, factor: int, rows, lo_c, hi_c, lo_r, hi_r,
+                    inside, run, max_window_bytes: int, max_waste: float, out: np.ndarray, ch0: int) -> None:
+    """Sample the chips ``rows`` by windows, read decimated by ``factor`` on the global grid of
+    ``factor`` x ``factor`` source pixels (a partial last cell at the raster's right or bottom edge
+    is left out: no data)."""
     max_px = max(1, max_window_bytes // (8 * len(bands))) * factor * factor
     for gidx, box in _plan_windows(lo_c, hi_c, lo_r, hi_r, max_px, max_waste):
         if factor > 1:
             box = _align_box(box, factor, ds.width, ds.height)
+            if box[2] <= box[0] or box[3] <= box[1]:  # only the partial edge cells: no data
+                out[rows[gidx], ch0:ch0 + len(bands)] = np.nan
+                continue
         data, mask, clean = _read_window(ds, src.path, bands, nodata, use_mask, box, factor)
         h, w = data.shape[1:]
         sx, sy = (box[2] - box[0]) / w, (box[3] - box[1]) / h  # source pixels per read pixel
@@ -735,7 +761,7 @@ def _sample_source(ds, src: RasterSource, bands: list[int], lon: np.ndarray, lat
         rbox[:, 1] = np.clip(np.floor((lo_r[gidx] - box[1]) / sy), 0, h)
         rbox[:, 2] = np.clip(np.ceil((hi_c[gidx] - box[0]) / sx), 0, w)
         rbox[:, 3] = np.clip(np.ceil((hi_r[gidx] - box[1]) / sy), 0, h)
-        run(touching[gidx], np.ascontiguousarray(data)[None], masks, np.zeros((1, 1), dtype=np.int64),
+        run(rows[gidx], np.ascontiguousarray(data)[None], masks, np.zeros((1, 1), dtype=np.int64),
             np.array([clean]), (h, w), (h, w), (0, 0),
             (box[0], box[1]), (sx, sy), np.where(fast, 0, -1), rbox)
 
