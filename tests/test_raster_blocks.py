@@ -253,3 +253,17 @@ def test_float32_nodata_is_compared_as_the_band_stores_it(tmp_path, tiled):
     assert vf[1] == 1 and (chips[1] == 5).all()
     assert 0 < vf[2] < 1 and np.isnan(chips[2]).sum() == round((1 - vf[2]) * 16)  # the inf pixel is NaN
     assert not np.isinf(chips).any()
+
+
+@pytest.mark.parametrize("tiled", [True, False])
+def test_a_geographic_raster_at_the_antimeridian_serves_both_sides(tmp_path, tiled):
+    px = 0.0003
+    path = write_geotiff(tmp_path / "am.tif", np.full((1, 334, 334), 7, np.uint8), crs="EPSG:4326",
+                         transform=from_origin(180.0 - 334 * px, 0.05, px, px), tiled=tiled, blocksize=64)
+    chips, vf = extract_chips([RasterSource(str(path))], np.r_[179.995, -179.995, 0.0], np.r_[0.0, 0.0, 0.0],
+                              chip_size=64, resolution_m=30.0)
+    assert vf[0] == pytest.approx(0.797, abs=0.02)  # the west of the chip on the raster
+    assert vf[1] == pytest.approx(0.203, abs=0.02)  # east of the antimeridian: the west of its chip too
+    assert vf[2] == 0
+    assert np.isfinite(chips[1, 0, :, :10]).all() and np.isnan(chips[1, 0, :, -10:]).all()
+    np.testing.assert_allclose(chips[np.isfinite(chips)], 7, rtol=1e-6)  # renormalised edge weights: ulps

@@ -230,7 +230,7 @@ def aeqd_offset(lon: np.ndarray, lat: np.ndarray, east: float, north: float) -> 
 
 
 def source_pixel_frame(
-    crs_wkt: str, transform, lon: np.ndarray, lat: np.ndarray, step_m: float
+    crs_wkt: str, transform, lon: np.ndarray, lat: np.ndarray, step_m: float, width: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Source pixel coordinates of each location and the local quadratic model around it.
 
@@ -245,6 +245,10 @@ def source_pixel_frame(
     interpolated bilinearly, to about 1e-4 pixel at the chip edge (tests check it): for locations
     in a compact area that is a fraction of the transforms. Each location's result depends on its
     own coordinates only, never on the other locations of the call.
+
+    With ``width`` (the raster's, in pixels) and a geographic CRS, longitudes are taken within 180
+    degrees of the raster's centre, so a raster that ends at the antimeridian (or spans 0..360)
+    serves the locations on both sides of it.
     """
     lon = np.asarray(lon, dtype=np.float64)
     lat = np.asarray(lat, dtype=np.float64)
@@ -254,6 +258,7 @@ def source_pixel_frame(
     inv = ~transform
     with np.errstate(invalid="ignore"):
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        x = _wrap_longitude(x, crs_wkt, transform, width)
         col = inv.a * x + inv.b * y + inv.c
         row = inv.d * x + inv.e * y + inv.f
         todo = np.isfinite(lon) & np.isfinite(lat) & (np.abs(lat) < 80.0)
@@ -278,13 +283,21 @@ def source_pixel_frame(
         coef[idx[good]] = interp[good]
         done[idx[good]] = True
     rest = np.flatnonzero(~done)
-    if len(rest):
+    if len(rest):  # (the coefficients are derivatives: the same on either side of the antimeridian)
         coef[rest] = _exact_frame(crs_wkt, transform, lon[rest], lat[rest], step_m)[2]
     ok = np.isfinite(col) & np.isfinite(row) & np.isfinite(coef).all((1, 2)) & (np.abs(lat) < 89.9)
     return col, row, coef, ok
 
 
 _ANCHOR_DEG = 0.1
+
+
+def _wrap_longitude(x: np.ndarray, crs_wkt: str, transform, width: int | None) -> np.ndarray:
+    """Geographic x within 180 degrees of the raster's centre longitude (unchanged otherwise)."""
+    if width is None or not _transformer(crs_wkt)[1] or transform.b != 0:
+        return x
+    centre = transform.c + transform.a * width / 2.0
+    return centre + (x - centre + 180.0) % 360.0 - 180.0
 
 
 @functools.lru_cache(maxsize=64)
@@ -644,7 +657,7 @@ def _sample_source(ds, src: RasterSource, bands: list[int], lon: np.ndarray, lat
     half = (S - 1) / 2.0 * resolution_m
     step = max(half, resolution_m, 1.0)
     nodata, use_mask = _band_nodata(ds, bands, src.nodata)
-    col, row, coef, ok = source_pixel_frame(ds.crs.to_wkt(), ds.transform, lon, lat, step)
+    col, row, coef, ok = source_pixel_frame(ds.crs.to_wkt(), ds.transform, lon, lat, step, width=ds.width)
     # integer decimation when chip pixels span several source pixels (GDAL "average" read);
     # not with a nodata override, which GDAL would average into the data
     with np.errstate(invalid="ignore"):
