@@ -88,3 +88,17 @@ def test_source_fingerprint_remote_cached_and_missing(tmp_path):
     assert source_fingerprint(p) == file_fingerprint(p)
     with pytest.raises(InputError, match="does not exist"):
         source_fingerprint(tmp_path / "missing.tif")
+
+
+def test_a_chunk_without_valid_rows_is_written(tmp_path):
+    """A spatially sorted chunk can lie wholly over no data (the sea): zero valid rows, zero stats."""
+    store = ViewStore.create_or_resume(tmp_path / "v", location_ids=np.arange(8),
+                                       arrays={"x": ArraySpec((2, 3, 3), "float32")}, chunk_rows=4, kind="raster",
+                                       attrs={}, build_fingerprint="f")
+    store.write_chunk(0, {"x": np.full((4, 2, 3, 3), np.nan, np.float32)}, np.zeros(4, np.float32),
+                      np.zeros(4, bool))
+    store.write_chunk(1, {"x": np.ones((4, 2, 3, 3), np.float32)}, np.ones(4, np.float32), np.ones(4, bool))
+    store = store.finalize()
+    assert store.meta["n_valid"] == 4
+    assert store.meta["stats"]["x"]["count"] == [36, 36] and store.meta["stats"]["x"]["mean"] == [1.0, 1.0]
+    assert np.isnan(store.read("x", np.arange(4))).all()

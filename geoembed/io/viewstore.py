@@ -54,7 +54,8 @@ def channel_moments(arr: np.ndarray, rows: np.ndarray) -> dict:
     rows = np.asarray(rows, dtype=bool)
     if not rows.all():
         a = a[rows]
-    a = a.reshape(a.shape[0], a.shape[1], -1) if a.ndim > 1 else a.reshape(a.shape[0], 1, 1)
+    # explicit sizes: a chunk without a single valid row has zero rows, where -1 is ambiguous
+    a = a.reshape(a.shape[0], a.shape[1], int(np.prod(a.shape[2:]))) if a.ndim > 1 else a.reshape(a.shape[0], 1, 1)
     finite = np.isfinite(a)
     count = finite.sum(axis=(0, 2))
     z = a if count.sum() == a.size else np.where(finite, a, 0)
@@ -73,6 +74,13 @@ def _combine_moments(parts: list[dict]) -> dict:
     std = np.sqrt(np.maximum(var, 0.0))
     std = np.where(std > 0, std, 1.0)
     return {"mean": mean.tolist(), "std": std.tolist(), "count": count.astype(int).tolist()}
+
+
+def _whole(arr):
+    """The array set to write every chunk as given: chunks are written whole, once, so zarr's scan of
+    each one for "all fill value" is wasted (it nearly doubles the cost of a write: 26 -> 14 ms of CPU
+    per 12.6 MB chunk of chips)."""
+    return arr.with_config({"write_empty_chunks": True})
 
 
 class ViewStore:
@@ -176,20 +184,21 @@ class ViewStore:
 
         # lz4 + byte shuffle: about 4x faster to write than zarr's default zstd, nearly as compact.
         codec = [BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")]
+        cfg = {"write_empty_chunks": True}  # see _whole
         with atomic_path(path) as tmp:
             tmp.mkdir(parents=True)
             g = zarr.open_group(str(tmp / "store.zarr"), mode="w")
             ids = g.create_array("location_id", shape=(n,), chunks=(chunk_rows,), dtype="int64",
-                                 compressors=codec)
+                                 compressors=codec, config=cfg)
             ids[:] = location_ids
             g.create_array("valid", shape=(n,), chunks=(chunk_rows,), dtype="bool", fill_value=False,
-                           compressors=codec)
+                           compressors=codec, config=cfg)
             g.create_array("valid_fraction", shape=(n,), chunks=(chunk_rows,), dtype="float32",
-                           fill_value=0.0, compressors=codec)
+                           fill_value=0.0, compressors=codec, config=cfg)
             for name, spec in arrays.items():
                 g.create_array(name, shape=(n, *spec.shape), chunks=(chunk_rows, *spec.shape),
                                dtype=spec.dtype, fill_value=np.nan if "float" in spec.dtype else 0,
-                               compressors=codec)
+                               compressors=codec, config=cfg)
             (tmp / "_chunks").mkdir()
             atomic_write_json(tmp / "meta.json", meta)
         return cls(path, meta)
@@ -217,10 +226,10 @@ class ViewStore:
             arr = np.asarray(arr, dtype=spec.dtype)
             if arr.shape != (n, *spec.shape):
                 raise ValueError(f"chunk {i}: array {name} has shape {arr.shape}, expected {(n, *spec.shape)}")
-            g[name][start:stop] = arr
+            _whole(g[name])[start:stop] = arr
             moments[name] = channel_moments(arr, valid)
-        g["valid"][start:stop] = valid
-        g["valid_fraction"][start:stop] = np.asarray(valid_fraction, dtype=np.float32)
+        _whole(g["valid"])[start:stop] = valid
+        _whole(g["valid_fraction"])[start:stop] = np.asarray(valid_fraction, dtype=np.float32)
         atomic_write_json(self.path / "_chunks" / f"{i}.json",
                           {"rows": [start, stop], "n_valid": int(valid.sum()), "moments": moments})
 
