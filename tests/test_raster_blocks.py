@@ -267,3 +267,13 @@ def test_a_geographic_raster_at_the_antimeridian_serves_both_sides(tmp_path, til
     assert vf[2] == 0
     assert np.isfinite(chips[1, 0, :, :10]).all() and np.isnan(chips[1, 0, :, -10:]).all()
     np.testing.assert_allclose(chips[np.isfinite(chips)], 7, rtol=1e-6)  # renormalised edge weights: ulps
+
+
+def test_complex_rasters_are_refused_with_the_file_named(tmp_path):
+    from geoembed.errors import InputError
+
+    path = write_geotiff(tmp_path / "slc.tif", (np.ones((1, 64, 64)) + 1j).astype(np.complex64), crs=UTM,
+                         transform=GRID)
+    lon, lat = _lonlat([32], [32])
+    with pytest.raises(InputError, match=r"slc\.tif.*complex64 is not supported"):
+        extract_chips([RasterSource(str(path))], lon, lat, chip_size=4, resolution_m=RES)

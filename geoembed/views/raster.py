@@ -656,6 +656,7 @@ def _sample_source(ds, src: RasterSource, bands: list[int], lon: np.ndarray, lat
     S = out.shape[-1]
     half = (S - 1) / 2.0 * resolution_m
     step = max(half, resolution_m, 1.0)
+    _check_dtypes(ds, src.path, bands)
     nodata, use_mask = _band_nodata(ds, bands, src.nodata)
     col, row, coef, ok = source_pixel_frame(ds.crs.to_wkt(), ds.transform, lon, lat, step, width=ds.width)
     # integer decimation when chip pixels span several source pixels (GDAL "average" read);
@@ -713,6 +714,18 @@ def _sample_source(ds, src: RasterSource, bands: list[int], lon: np.ndarray, lat
         else:  # window by window (striped or untiled files, decimated reads, other formats)
             _sample_windows(ds, src, bands, nodata, use_mask, f, *args, run, max_window_bytes, max_waste, out,
                             ch0)
+
+
+def _check_dtypes(ds, path: str, bands: Sequence[int]) -> None:
+    """Chips hold real numbers: complex bands (e.g. SAR SLC) and bands of mixed types are refused."""
+    types = {ds.dtypes[b - 1] for b in bands}
+    if len(types) > 1:
+        raise InputError(f"raster {path}: bands {list(bands)} have different data types {sorted(types)}; "
+                         "list them as separate sources")
+    kind = np.dtype(types.pop()).kind
+    if kind not in "uif":
+        raise InputError(f"raster {path}: data type {ds.dtypes[bands[0] - 1]} is not supported (real integer "
+                         "or float bands only; convert complex data to amplitude or intensity first)")
 
 
 def _sample_blocks(ds, src: RasterSource, bands, nodata, use_mask, block, rows, lo_c, hi_c, lo_r, hi_r, inside,
@@ -833,6 +846,7 @@ def resolve_sources(cfg: RasterViewConfig) -> tuple[list[RasterSource], list[dic
                         f"view {cfg.name}: bands[{k}] = {sel} but raster {path} has bands 1..{ds.count}"
                     )
             bands = tuple(int(b) for b in sel) if sel is not None else tuple(range(1, ds.count + 1))
+            _check_dtypes(ds, p, bands)
             override = cfg.nodata[k] if cfg.nodata is not None else None
             nodata, use_mask = _band_nodata(ds, bands, override)
             epsg = ds.crs.to_epsg()
