@@ -94,7 +94,7 @@ from geoembed.errors import ConfigError, InputError
 from geoembed.io.atomic import source_fingerprint, text_fingerprint
 from geoembed.io.locations import validate_locations
 from geoembed.io.rasters import open_raster
-from geoembed.io.tilecache import tile_cache
+from geoembed.io.tilecache import BlockArena, tile_cache
 from geoembed.io.viewstore import ArraySpec, ViewStore
 
 log = logging.getLogger(__name__)
@@ -558,15 +558,15 @@ def _block_box(ds, block: tuple[int, int], ty: int, tx: int) -> tuple[int, int, 
     return x0, y0, min(x0 + bw, ds.width), min(y0 + bh, ds.height)
 
 
-def _load_blocks(ds, src_key: tuple, path: str, bands: Sequence[int], nodata: Sequence[float | None],
-                 use_mask: Sequence[bool], block: tuple[int, int], tys: np.ndarray, txs: np.ndarray):
-    """Blocks (tys, txs) pinned in the shared arena of this source: ``(data, masks, clean, slots,
+def _load_blocks(ds, arena: BlockArena, src_key: tuple, path: str, bands: Sequence[int],
+                 nodata: Sequence[float | None], use_mask: Sequence[bool], block: tuple[int, int],
+                 tys: np.ndarray, txs: np.ndarray):
+    """Blocks (tys, txs) pinned in the source's shared ``arena``: ``(data, masks, clean, slots,
     arena)``; the slots index ``data``. When the arena has no room for them next to the other
     threads' pinned blocks, they are decoded into a private buffer instead (``arena`` None)."""
     bh, bw = block
-    dtype = np.dtype(ds.dtypes[bands[0] - 1])
+    dtype = arena.data.dtype
     with_mask = any(use_mask)
-    arena = tile_cache().arena(src_key, dtype, len(bands), block, with_mask)
 
     def load(key, slot):
         _, ty, tx = key
@@ -736,17 +736,18 @@ def _sample_blocks(ds, src: RasterSource, bands, nodata, use_mask, block, rows, 
     src_key = (_file_key(src.path), tuple(bands), tuple(use_mask), tuple(_nodata_json(v) for v in nodata))
     tlo_x, thi_x = lo_c // bw, (hi_c - 1) // bw
     tlo_y, thi_y = lo_r // bh, (hi_r - 1) // bh
-    itemsize = np.dtype(ds.dtypes[bands[0] - 1]).itemsize + (1 if any(use_mask) else 0)
+    dtype = np.dtype(ds.dtypes[bands[0] - 1])
+    arena = tile_cache().arena(src_key, dtype, len(bands), block, any(use_mask))
     # a group's blocks fit in the byte cap and in a quarter of the shared arena (room for other threads)
-    arena_slots = tile_cache().max_bytes // (bh * bw * len(bands) * itemsize)
-    max_blocks = max(1, min(max_window_bytes // (bh * bw * len(bands) * itemsize), arena_slots // 4))
+    block_bytes = bh * bw * len(bands) * (dtype.itemsize + (1 if any(use_mask) else 0))
+    max_blocks = max(1, min(max_window_bytes // block_bytes, arena.capacity // 4))
     for gidx in _plan_block_groups(tlo_x, thi_x, tlo_y, thi_y, max_blocks):
         tx0, ty0 = int(tlo_x[gidx].min()), int(tlo_y[gidx].min())
         nx = int(thi_x[gidx].max()) - tx0 + 1
         ny = int(thi_y[gidx].max()) - ty0 + 1
         ids = _block_ids(tlo_x, thi_x, tlo_y, thi_y, gidx, nx)
-        atlas, masks, clean, slots, arena = _load_blocks(ds, src_key, src.path, bands, nodata, use_mask,
-                                                         block, ids // nx + ty0, ids % nx + tx0)
+        atlas, masks, clean, slots, pinned = _load_blocks(ds, arena, src_key, src.path, bands, nodata, use_mask,
+                                                          block, ids // nx + ty0, ids % nx + tx0)
         try:
             slot_map = np.full((ny, nx), -1, dtype=np.int64)
             slot_map.ravel()[ids] = slots
@@ -759,8 +760,8 @@ def _sample_blocks(ds, src: RasterSource, bands, nodata, use_mask, block, rows, 
             run(rows[gidx][order], atlas, masks, slot_map, clean, block, (ds.height, ds.width),
                 (ty0, tx0), (0, 0), (1.0, 1.0), fast[order], box[order])
         finally:
-            if arena is not None:
-                arena.release(slots.tolist())
+            if pinned is not None:
+                pinned.release(slots.tolist())
 
 
 def _sample_windows(ds, src: RasterSource, bands, nodata, use_mask, factor: int, rows, lo_c, hi_c, lo_r, hi_r,
