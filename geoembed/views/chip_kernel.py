@@ -61,29 +61,32 @@ def _value(atlas, masks, use_mask, s, ly, lx, b, nd, has_nd):
 
 @njit(nogil=True, cache=True)
 def _gather_clean(src, slot_base, plane, row_w, fy, fx, ix, iy, wxs, wys, off, nb, bilinear, o, ch0):
-    """Chip values from a clean float32 patch ``src`` (flat; row length ``row_w``, top-left read
-    pixel (fy, fx)), without any checks; the same arithmetic as the checked path, so a chip does
-    not depend on which path sampled it."""
+    """Chip values from a clean patch ``src`` (flat; plane ``plane``, row length ``row_w``, top-left
+    read pixel (fy, fx) at ``slot_base``), without any checks; the same arithmetic as the checked
+    path, so a chip does not depend on which path sampled it. Offsets are unsigned: no negative-index
+    wraparound in the loads (they are in range by construction)."""
     npx = ix.shape[0]
     for p in range(npx):
-        off[p] = (iy[p] - fy) * row_w + (ix[p] - fx)
+        off[p] = np.uint64(slot_base + (iy[p] - fy) * row_w + (ix[p] - fx))
+    rw = np.uint64(row_w)
+    one = np.uint64(1)
     for b in range(nb):
-        base = slot_base + b * plane
+        pb = np.uint64(b * plane)
         ob = o[ch0 + b].reshape(-1)
         if bilinear:
             for p in range(npx):
-                q = base + off[p]
+                q = off[p] + pb
                 v00 = np.float32(src[q])
-                v01 = np.float32(src[q + 1])
-                v10 = np.float32(src[q + row_w])
-                v11 = np.float32(src[q + row_w + 1])
+                v01 = np.float32(src[q + one])
+                v10 = np.float32(src[q + rw])
+                v11 = np.float32(src[q + rw + one])
                 wx = wxs[p]
                 top = (v01 - v00) * wx + v00
                 bot = (v11 - v10) * wx + v10
                 ob[p] = (bot - top) * wys[p] + top
         else:
             for p in range(npx):
-                ob[p] = np.float32(src[base + off[p]])
+                ob[p] = np.float32(src[off[p] + pb])
 
 
 @njit(nogil=True, cache=True)
@@ -114,7 +117,7 @@ def sample_chips(atlas, masks, slot_map, clean, block_h, block_w, grid_h, grid_w
     isy = 1.0 / sy
     ix = np.empty(npx, np.int64)
     iy = np.empty(npx, np.int64)
-    off = np.empty(npx, np.int64)
+    off = np.empty(npx, np.uint64)
     wxs = np.empty(npx, np.float32)
     wys = np.empty(npx, np.float32)
     fpatch = np.empty(nb * (size + 4) * (size + 4), np.float32)
@@ -175,9 +178,9 @@ def sample_chips(atlas, masks, slot_map, clean, block_h, block_w, grid_h, grid_w
             ox0 = x0 - box[k, 4]
             for b in range(nb):
                 for yy in range(ph):
-                    src = (fs * nb + b) * plane + (oy0 + yy) * block_w + ox0
-                    dst = (b * ph + yy) * pw
-                    for xx in range(pw):
+                    src = np.uint64((fs * nb + b) * plane + (oy0 + yy) * block_w + ox0)
+                    dst = np.uint64((b * ph + yy) * pw)
+                    for xx in range(np.uint64(pw)):
                         fpatch[dst + xx] = flat[src + xx]
             _gather_clean(fpatch, 0, ph * pw, pw, y0, x0, ix, iy, wxs, wys, off, nb, bilinear, o, ch0)
             n_valid[i] += nb * npx
