@@ -119,6 +119,11 @@ def _uniform_in(geom, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     return lon, lat
 
 
+def _wrap_lon(lon: np.ndarray) -> np.ndarray:
+    """Longitudes in [-180, 180) (a geographic raster over 170..190 or 0..360 gives some beyond 180)."""
+    return np.where((lon < -180.0) | (lon >= 180.0), (lon + 180.0) % 360.0 - 180.0, lon)
+
+
 def _density_sampler(path: str, geom, rng: np.random.Generator):
     """Return a function n -> (lon, lat) drawing points proportionally to a density raster."""
     from rasterio.enums import Resampling
@@ -147,7 +152,7 @@ def _density_sampler(path: str, geom, rng: np.random.Generator):
         k = rng.choice(len(p), size=n, p=p)
         x, y = transform @ (cols[k] + rng.uniform(0, 1, n), rows[k] + rng.uniform(0, 1, n))
         lon, lat = to_ll.transform(np.asarray(x), np.asarray(y))
-        return np.asarray(lon), np.asarray(lat)
+        return _wrap_lon(np.asarray(lon)), np.asarray(lat)
 
     return draw
 
@@ -166,7 +171,7 @@ def _points_sampler(weight: WeightConfig, rng: np.random.Generator):
         x = px[k] + rng.normal(0, weight.jitter_m, n)
         y = py[k] + rng.normal(0, weight.jitter_m, n)
         lon, lat = back.transform(x, y)
-        return np.asarray(lon), np.asarray(lat)
+        return _wrap_lon(np.asarray(lon)), np.asarray(lat)
 
     return draw
 

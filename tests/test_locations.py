@@ -139,3 +139,54 @@ def test_locations_round_trip_with_metadata(tmp_path):
     assert list(back.columns[:4]) == ["location_id", "lon", "lat", "block_id"]
     assert read_locations_meta(tmp_path / "l.parquet")["sampling"]["kept"] == 50
     assert shapely.equals(back.geometry.iloc[0], g.geometry.iloc[0])
+
+
+def test_footprint_across_the_antimeridian_is_split_geographic(tmp_path):
+    # lon 170..190 (as a geographic raster may store it): the footprint holds both sides of 180.
+    r = _raster(tmp_path / "am.tif", np.ones((100, 2000)), origin=(170.0, 10.0), res=0.01)
+    fp = raster_footprint(r)
+    assert fp.bounds[0] == pytest.approx(-180.0) and fp.bounds[2] == pytest.approx(180.0)
+    assert fp.area == pytest.approx(20.0 * 1.0, rel=1e-9)
+    inside = shapely.contains_xy(fp, [175.0, 179.99, -179.99, -175.0], [9.5] * 4)
+    outside = shapely.contains_xy(fp, [0.0, -165.0, 165.0, 175.0], [9.5, 9.5, 9.5, 11.0])
+    assert inside.all() and not outside.any()
+
+
+def test_footprint_across_the_antimeridian_is_split_projected(tmp_path):
+    # UTM 60N (central meridian 177E): x 600..800 km at 50N reaches past 180 (about 181.2E).
+    r = _raster(tmp_path / "utm60.tif", np.ones((100, 200)), crs="EPSG:32660", origin=(600_000.0, 5_600_000.0),
+                res=1000.0)
+    fp = raster_footprint(r)
+    assert fp.geom_type == "MultiPolygon" and len(fp.geoms) == 2
+    assert shapely.contains_xy(fp, [178.8, -179.5], [50.1, 50.1]).all()
+    assert not shapely.contains_xy(fp, [0.0, -170.0], [50.1, 50.1]).any()
+
+
+def test_footprint_of_a_0_360_raster_covers_west_longitudes(tmp_path):
+    r = _raster(tmp_path / "g360.tif", np.ones((18, 36)), origin=(0.0, 90.0), res=10.0)
+    fp = raster_footprint(r)
+    assert shapely.contains_xy(fp, [-90.0, -179.0, 90.0, 179.0], [0.0, 45.0, -45.0, 0.0]).all()
+    assert fp.area == pytest.approx(360.0 * 180.0, rel=1e-9)
+
+
+def test_locations_in_a_raster_across_the_antimeridian_fall_on_both_sides(tmp_path):
+    r = _raster(tmp_path / "am.tif", np.ones((100, 2000)), origin=(170.0, 10.0), res=0.01)
+    cfg = _loc_cfg(region={"raster": str(r)}, n=400)
+    g, meta = make_location_table(cfg, [raster_footprint(r)], seed=0)
+    assert len(g) == 400 and meta["sampling"]["excluded_no_coverage"] == 0
+    east, west = (g["lon"] > 0).sum(), (g["lon"] < 0).sum()
+    assert east > 120 and west > 120  # about half each
+    assert g["lon"].abs().min() >= 170.0 and g["lat"].between(9.0, 10.0).all()
+
+
+def test_density_raster_across_the_antimeridian_gives_wrapped_longitudes(tmp_path):
+    # density 1 on 175..180, 3 on 180..185 (stored as 175..185): draws east of 180 come back as -180..-175.
+    data = np.ones((10, 1000), np.float32)
+    data[:, 500:] = 3
+    r = _raster(tmp_path / "dens_am.tif", data, origin=(175.0, 10.0), res=0.01)
+    cfg = _loc_cfg(region={"raster": str(r)}, n=4000, weight={"raster": str(r)})
+    g, meta = make_location_table(cfg, [raster_footprint(r)], seed=0)
+    assert len(g) == 4000 and meta["sampling"]["excluded_no_coverage"] == 0
+    assert g["lon"].between(-180.0, 180.0).all()
+    west = (g["lon"] < 0).mean()
+    assert abs(west - 0.75) < 0.03 and g.loc[g["lon"] < 0, "lon"].max() <= -175.0

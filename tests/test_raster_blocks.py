@@ -277,3 +277,14 @@ def test_complex_rasters_are_refused_with_the_file_named(tmp_path):
     lon, lat = _lonlat([32], [32])
     with pytest.raises(InputError, match=r"slc\.tif.*complex64 is not supported"):
         extract_chips([RasterSource(str(path))], lon, lat, chip_size=4, resolution_m=RES)
+
+
+def test_a_geographic_raster_stored_past_180_serves_west_longitudes(tmp_path):
+    # stored as lon 179.9..180.1: a location at -179.95 (= 180.05) is inside, with a full chip
+    px = 0.0002
+    path = write_geotiff(tmp_path / "past180.tif", np.full((1, 1000, 1000), 5, np.uint8), crs="EPSG:4326",
+                         transform=from_origin(179.9, 0.1, px, px), tiled=True, blocksize=64)
+    chips, vf = extract_chips([RasterSource(str(path))], np.r_[-179.95, 179.95, 170.0], np.r_[0.0, 0.0, 0.0],
+                              chip_size=16, resolution_m=10.0)
+    assert vf[0] == 1.0 and vf[1] == 1.0 and vf[2] == 0.0
+    np.testing.assert_array_equal(chips[:2], 5.0)

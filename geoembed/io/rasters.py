@@ -36,7 +36,10 @@ def open_raster(path: str | os.PathLike):
 
 
 def raster_footprint(path: str | os.PathLike, densify: int = 21):
-    """The raster's extent as a shapely Polygon in EPSG:4326 (edges densified before reprojection)."""
+    """The raster's extent as a shapely (Multi)Polygon in EPSG:4326 (edges densified before
+    reprojection), with longitudes in [-180, 180]: an extent across the antimeridian (a UTM zone 60
+    or 1 raster, a geographic raster from 170 to 190 degrees or over 0..360) is split there into
+    its parts on either side, so that points on both sides are inside it."""
     import shapely
     from pyproj import Transformer
 
@@ -50,4 +53,25 @@ def raster_footprint(path: str | os.PathLike, densify: int = 21):
                          np.full(densify, top), top - (top - bottom) * t])
     tr = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     lon, lat = tr.transform(xs, ys)
-    return shapely.make_valid(shapely.Polygon(np.column_stack([lon, lat])))
+    # a continuous ring (no jump of ~360 degrees where an edge crosses the antimeridian)
+    lon = np.unwrap(np.asarray(lon, dtype=np.float64), period=360.0)
+    ring = shapely.make_valid(shapely.Polygon(np.column_stack([lon, lat])))
+    return wrap_longitudes(ring)
+
+
+def wrap_longitudes(geom):
+    """A lon/lat geometry whose longitudes may leave [-180, 180] cut at the antimeridian and its
+    parts shifted by multiples of 360 degrees into [-180, 180] (unchanged when already inside)."""
+    import shapely
+    from shapely import affinity
+
+    x0, _, x1, _ = geom.bounds
+    if x0 >= -180.0 and x1 <= 180.0:
+        return geom
+    world = shapely.box(-180.0, -90.0, 180.0, 90.0)
+    parts = []
+    for k in range(int(np.floor((x0 + 180.0) / 360.0)), int(np.floor((x1 + 180.0) / 360.0)) + 1):
+        part = shapely.intersection(affinity.translate(geom, xoff=-360.0 * k), world)
+        if not part.is_empty and part.area > 0:
+            parts.append(part)
+    return shapely.make_valid(shapely.union_all(parts))
