@@ -102,7 +102,20 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from geoembed.errors import ConfigError, InputError
+
     logging.getLogger("geoembed").setLevel(logging.WARNING)
-    run_demo(load_config(args.config), overwrite=args.overwrite)
+    cfg = load_config(args.config)
+    try:
+        run_demo(cfg, overwrite=args.overwrite)
+    except (InputError, ConfigError) as err:
+        # The bundled demo's own scratch folder holds artefacts made with other settings (an older
+        # version of geoembed or of configs/demo.yaml): rebuild them rather than stop the quick start.
+        # A user's config keeps the error, so that nothing of theirs is replaced without --overwrite.
+        own = Path(args.config).resolve() == DEMO_CONFIG.resolve()
+        if args.overwrite or not own or "--overwrite" not in str(err):
+            raise
+        print(f"note: {err}\nnote: {cfg.workdir_path} is the demo's own scratch folder: rebuilding it", flush=True)
+        run_demo(cfg, overwrite=True)
     return 0
 

@@ -57,3 +57,42 @@ def test_run_demo_on_a_reduced_config(tmp_path, capsys):
     bundle_mtime = (Path(out["bundle"]) / "weights.safetensors").stat().st_mtime_ns
     run_demo(load_config(cfg_path))
     assert (Path(out["bundle"]) / "weights.safetensors").stat().st_mtime_ns == bundle_mtime
+
+
+def _stale_then_ok(calls):
+    from geoembed.errors import InputError
+
+    def fake(cfg, overwrite=False):
+        calls.append(overwrite)
+        if not overwrite:
+            raise InputError("view store runs/demo/views/landsat was built from different inputs or settings; "
+                             "pass --overwrite to rebuild it")
+        return {}
+    return fake
+
+
+def test_demo_rebuilds_its_own_stale_scratch_folder(monkeypatch, capsys):
+    import argparse
+
+    import geoembed.demo as demo
+
+    calls: list[bool] = []
+    monkeypatch.setattr(demo, "run_demo", _stale_then_ok(calls))
+    assert demo.run(argparse.Namespace(config=str(DEMO_CONFIG), overwrite=False)) == 0
+    assert calls == [False, True]
+    assert "demo's own scratch folder: rebuilding it" in capsys.readouterr().out
+
+
+def test_demo_with_a_user_config_keeps_the_stale_error(monkeypatch, tmp_path):
+    import argparse
+
+    import geoembed.demo as demo
+    from geoembed.errors import InputError
+
+    user = tmp_path / "mine.yaml"
+    user.write_text(Path(DEMO_CONFIG).read_text().replace("../", str(Path(DEMO_CONFIG).parents[1]) + "/"))
+    calls: list[bool] = []
+    monkeypatch.setattr(demo, "run_demo", _stale_then_ok(calls))
+    with pytest.raises(InputError, match="pass --overwrite"):
+        demo.run(argparse.Namespace(config=str(user), overwrite=False))
+    assert calls == [False]
