@@ -522,6 +522,30 @@ def test_dataset_mask_without_nodata_is_no_data(tmp_path):
     assert np.isnan(chips[0, 0, :4]).all() and (chips[0, 0, 4:] == 3).all()
 
 
+def test_alpha_band_masks_the_others_and_is_not_a_channel(tmp_path):
+    """An RGBA-style source: by default the alpha band is left out of the chips and masks the others;
+    listing it explicitly still gives it as a channel."""
+    path = tmp_path / "gray_alpha.tif"
+    data = np.stack([np.full((64, 64), 5, np.uint8), np.full((64, 64), 255, np.uint8)])
+    data[1, :32, :] = 0  # top half transparent
+    with rasterio.open(path, "w", driver="GTiff", width=64, height=64, count=2, dtype="uint8", crs=UTM,
+                       transform=GRID, photometric="minisblack") as dst:
+        dst.write(data)
+    with rasterio.open(path, "r+") as dst:
+        dst.colorinterp = [rasterio.enums.ColorInterp.gray, rasterio.enums.ColorInterp.alpha]
+    lon, lat = corner_lonlat([32], [32])
+    chips, vf = extract_chips([RasterSource(str(path))], lon, lat, chip_size=8, resolution_m=RES,
+                              resampling="nearest")
+    assert chips.shape == (1, 1, 8, 8) and vf[0] == pytest.approx(0.5)
+    assert np.isnan(chips[0, 0, :4]).all() and (chips[0, 0, 4:] == 5).all()
+    cfg = RasterViewConfig(name="ga", sources=[str(path)], chip_size=8, resolution_m=RES)
+    sources, infos = rv.resolve_sources(cfg)
+    assert sources[0].bands == (1,) and infos[0]["bands"] == [1]
+    both, _ = extract_chips([RasterSource(str(path), bands=(1, 2))], lon, lat, chip_size=8, resolution_m=RES,
+                            resampling="nearest")
+    assert both.shape == (1, 2, 8, 8) and (both[0, 1, 4:] == 255).all()
+
+
 def test_vrt_source(tmp_path, rowcol):
     """A VRT over a GeoTIFF (band 2 only) gives the same chips as the GeoTIFF's band 2."""
     with rasterio.open(rowcol) as ds:

@@ -89,7 +89,7 @@ class RasterViewConfig(Section):
     name: str
     sources: list[str] = Field(min_length=1)
     bands: list[list[int] | None] | None = Field(
-        default=None, description="per source: 1-based band indexes to use (null = all)"
+        default=None, description="per source: 1-based band indexes to use (null = all but an alpha band, which masks the others)"
     )
     chip_size: int = Field(default=16, ge=1, le=1024, description="chip height and width in pixels")
     resolution_m: float = Field(default=30.0, gt=0, description="ground size of one chip pixel")

@@ -115,6 +115,7 @@ __all__ = [
     "raster_chunk_rows",
     "chip_offsets",
     "chip_pixel_coords",
+    "default_bands",
     "extract_chips",
     "resolve_sources",
     "source_pixel_frame",
@@ -124,11 +125,21 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RasterSource:
-    """One raster input: ``bands`` are 1-based indexes (None = all); ``nodata`` overrides the file's."""
+    """One raster input: ``bands`` are 1-based indexes (None = :func:`default_bands`); ``nodata``
+    overrides the file's."""
 
     path: str
     bands: tuple[int, ...] | None = None
     nodata: float | None = None
+
+
+def default_bands(ds) -> tuple[int, ...]:
+    """The bands a source gives when none are configured: all but alpha bands (an alpha band is the
+    others' validity mask, applied to them, not data), or all when every band is alpha."""
+    from rasterio.enums import ColorInterp
+
+    data = tuple(b for b in range(1, ds.count + 1) if ds.colorinterp[b - 1] != ColorInterp.alpha)
+    return data or tuple(range(1, ds.count + 1))
 
 
 # --------------------------------------------------------------------------- geometry
@@ -631,7 +642,7 @@ def extract_chips(
     n = len(lon)
     S = int(chip_size)
     opened = [(src, _open_cached(src.path)) for src in sources]
-    band_sel = [list(src.bands) if src.bands else list(range(1, ds.count + 1)) for src, ds in opened]
+    band_sel = [list(src.bands) if src.bands else list(default_bands(ds)) for src, ds in opened]
     channels = sum(len(b) for b in band_sel)
     chips = np.empty((n, channels, S, S), dtype=np.float32)  # every value is written below
     n_valid = np.zeros(n, dtype=np.int64)
@@ -846,7 +857,7 @@ def resolve_sources(cfg: RasterViewConfig) -> tuple[list[RasterSource], list[dic
                     raise ConfigError(
                         f"view {cfg.name}: bands[{k}] = {sel} but raster {path} has bands 1..{ds.count}"
                     )
-            bands = tuple(int(b) for b in sel) if sel is not None else tuple(range(1, ds.count + 1))
+            bands = tuple(int(b) for b in sel) if sel is not None else default_bands(ds)
             _check_dtypes(ds, p, bands)
             override = cfg.nodata[k] if cfg.nodata is not None else None
             nodata, use_mask = _band_nodata(ds, bands, override)
