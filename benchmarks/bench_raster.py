@@ -104,7 +104,13 @@ def locations(n: int, size: int, chip: int, seed: int = 0):
 def child(args) -> dict:
     """One measurement in this (fresh) process: build, or the chunk function alone."""
     from geoembed.config.build import DaskConfig, RasterViewConfig
-    from geoembed.views.raster import RasterSource, block_read_env, build_raster_view, extract_chips
+    from geoembed.views.raster import (
+        RasterSource,
+        block_read_env,
+        build_raster_view,
+        extract_chips,
+        raster_chunk_rows,
+    )
 
     path = raster_path(args.size)
     locs = locations(args.n, args.size, args.chip)
@@ -135,7 +141,8 @@ def child(args) -> dict:
 
         lon, lat = locs["lon"].to_numpy(), locs["lat"].to_numpy()
         src = [RasterSource(str(path))]
-        bounds = [(a, min(a + args.chunk_size, args.n)) for a in range(0, args.n, args.chunk_size)]
+        rows = raster_chunk_rows(args.chunk_size, 3, args.chip)  # the build's chunks (64 MB cap on large chips)
+        bounds = [(a, min(a + rows, args.n)) for a in range(0, args.n, rows)]
 
         def run(ab):
             chips, vf = extract_chips(src, lon[ab[0]:ab[1]], lat[ab[0]:ab[1]], chip_size=args.chip,
@@ -219,7 +226,10 @@ def main() -> None:
     rounds = ext["rounds"]
     ratio = [r["seconds"] / r["io"] for r in rounds]
     ratio_cpu = [r["cpu"] / r["io_cpu"] for r in rounds]
-    print(f"extract_chips over all chunks, {args.n} locations (chip {args.chip}, {rs}, chunk {args.chunk_size}), "
+    from geoembed.views.raster import raster_chunk_rows
+
+    print(f"extract_chips over all chunks, {args.n} locations (chip {args.chip}, {rs}, chunk "
+          f"{raster_chunk_rows(args.chunk_size, 3, args.chip)}), "
           f"{len(rounds)} rounds in one process, each cold (no decoded block, no open handle) and next to its own "
           f"I/O bound:")
     for k, r in enumerate(rounds):

@@ -193,18 +193,36 @@ def sample_chips(atlas, masks, slot_map, clean, block_h, block_w, grid_h, grid_w
             need = nb * ph * pw
             if need > fpatch.shape[0]:
                 fpatch = np.empty(need, np.float32)
-            good = True
-            for y in range(y0, y1):
+            # every block under the box loaded and clean (the box inside the read grid), then copied
+            # rectangle by rectangle (an edge block fills the top-left part of its slot)
+            good = x0 >= 0 and y0 >= 0 and x1 <= grid_w and y1 <= grid_h
+            bty0, bty1 = y0 // block_h, (y1 - 1) // block_h
+            btx0, btx1 = x0 // block_w, (x1 - 1) // block_w
+            for ty in range(bty0, bty1 + 1):
                 if not good:
                     break
-                for x in range(x0, x1):
-                    s, ly, lx = _locate(x, y, slot_map, block_h, block_w, grid_h, grid_w, ty0, tx0)
+                for tx in range(btx0, btx1 + 1):
+                    jy, jx = ty - ty0, tx - tx0
+                    if jy < 0 or jx < 0 or jy >= slot_map.shape[0] or jx >= slot_map.shape[1]:
+                        good = False
+                        break
+                    s = slot_map[jy, jx]
                     if s < 0 or not clean[s]:
                         good = False
                         break
-                    q = (y - y0) * pw + (x - x0)
-                    for b in range(nb):
-                        fpatch[b * ph * pw + q] = atlas[s, b, ly, lx]
+            if good:
+                for ty in range(bty0, bty1 + 1):
+                    ya, yb = max(y0, ty * block_h), min(y1, (ty + 1) * block_h)
+                    for tx in range(btx0, btx1 + 1):
+                        xa, xb = max(x0, tx * block_w), min(x1, (tx + 1) * block_w)
+                        s = slot_map[ty - ty0, tx - tx0]
+                        for b in range(nb):
+                            for y in range(ya, yb):
+                                src = np.uint64(((s * nb + b) * block_h + y - ty * block_h) * block_w
+                                                + xa - tx * block_w)
+                                dst = np.uint64((b * ph + y - y0) * pw + xa - x0)
+                                for xx in range(np.uint64(xb - xa)):
+                                    fpatch[dst + xx] = flat[src + xx]
             if good:
                 _gather_clean(fpatch, 0, ph * pw, pw, y0, x0, ix, iy, wxs, wys, off, nb, bilinear, o, ch0)
                 n_valid[i] += nb * npx
