@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--scheduler", choices=["processes", "threads"], default="processes",
                     help="local Dask scheduler (build_osm_view uses processes for large local runs)")
     ap.add_argument("--no-distance", action="store_true", help="skip the distance timing")
+    ap.add_argument("--order", choices=["random", "spatial"], default="random",
+                    help="location order: random (every chunk spans the city: the worst case) or spatial "
+                         "(Z-curve, as the locations stage writes them: chunks are compact)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -78,6 +81,11 @@ def main() -> None:
     ly = rng.uniform(-half, half, args.n_locations)
     lon = centre[0] + lx / (111_320 * np.cos(np.radians(centre[1])))
     lat = centre[1] + ly / 111_320
+    if args.order == "spatial":
+        from geoembed.locations import morton_order
+
+        o = morton_order(lon, lat)
+        lon, lat = lon[o], lat[o]
     crs = metric_crs(lon, lat)
     x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
 
@@ -88,7 +96,7 @@ def main() -> None:
     t_prep = time.perf_counter() - t
     print(f"features: {n_pts:,} points, {n_lines:,} lines, {n_polys:,} polygons over "
           f"{args.extent_m / 1000:.0f} x {args.extent_m / 1000:.0f} km (generated in {t_gen:.1f} s); "
-          f"{args.n_locations:,} locations; radii {args.radii} m; H3 res {args.h3_resolution}")
+          f"{args.n_locations:,} locations in {args.order} order; radii {args.radii} m; H3 res {args.h3_resolution}")
     print(f"primitives: {len(prep.counts.data):,} count points, "
           f"{len(prep.lengths.data):,} segments, {len(prep.areas.data):,} polygon edges "
           f"(grid cells: counts {prep.counts.cell:.1f} m, lines/polygons {prep.areas.cell:.1f} m "

@@ -9,18 +9,17 @@ segments no longer than ``max_part`` (length) and oriented polygon boundary edge
 of all of it and is binned by anchor into a square grid of cell size ``s``, with per-row prefix sums
 of its value per category.
 
-For a disk of radius ``R`` centred at ``q``, grid row by grid row (all rows and all queries of a batch
-at once as 2-D arrays): cells whose every anchor lies within ``R - h`` of ``q`` hold primitives wholly
+For a disk of radius ``R`` centred at ``q``, grid row by grid row:
+cells whose every anchor lies within ``R - h`` of ``q`` hold primitives wholly
 inside the disk (the disk is convex) and are summed through the prefix sums; cells that may hold
 anchors within ``R + h`` but are not wholly inside are rim cells, whose primitives are classified by
 their own reach (wholly in, wholly out) and, when they cross the circle, evaluated exactly in closed
 form. Work is proportional to the rows of the disk plus the primitives near its rim, not to all
-primitives inside it. Queries run in batches in spatial order (neighbouring disks share cache lines);
-a batch expands all its rim cell ranges into (query, primitive) pairs at once from the cell-sorted
-(CSR) arrays, and squared anchor distances sort the pairs into surely in, surely out and a thin band
-classified exactly (counts: ``hypot <= R`` as a brute force would; lines and edges: by their reach,
-then the closed forms below for those crossing the circle). The kernels are numpy glue: for large
-runs, call :func:`tune_malloc` in the worker (freed temporaries then stay mapped).
+primitives inside it. Queries run in spatial order (neighbouring disks share cache lines) through a
+compiled kernel (:mod:`geoembed.views.disk_kernel`, numba, no GIL); squared anchor distances sort a rim
+primitive into surely in, surely out and a thin band classified exactly (counts: ``hypot <= R`` as a
+brute force would; lines and edges: by their reach, then the closed forms below for those crossing
+the circle).
 
 Areas use Green's theorem: ``area(P ∩ D) = ∮ x dy`` over the boundary of ``P ∩ D``, which is the part
 of P's boundary inside D (edges oriented with the interior on the left: a per-edge, centre-independent
@@ -66,9 +65,10 @@ _MALLOC_TUNED = False
 def tune_malloc() -> bool:
     """Keep freed heap memory mapped in this process (glibc; a no-op elsewhere). Returns whether set.
 
-    A disk query allocates and frees many temporaries of a few MB per batch. glibc's defaults hand
-    such blocks back to the kernel (mmap / heap trimming), and every reuse then page-faults and
-    zeroes fresh pages: about half the query time. Raising the mmap and trim thresholds keeps them
+    A chunk allocates and frees many temporaries of a few MB (H3 cells, hex tensors, distance
+    queries). glibc's defaults hand such blocks back to the kernel (mmap / heap trimming), and every
+    reuse then page-faults and zeroes fresh pages (it was about half the time of the former numpy
+    disk queries). Raising the mmap and trim thresholds keeps them
     in the heap (at most ~1 GiB stays mapped). Process-wide, so only build tasks call it.
     """
     global _MALLOC_TUNED
@@ -169,71 +169,17 @@ def polygon_edges(geoms: np.ndarray, max_part: float) -> tuple[np.ndarray, np.nd
 
 
 # ---------------------------------------------------------------------------- closed-form kernels
-def _chord(seg: np.ndarray, qx, qy, r: float) -> tuple:
-    """Relative start ``p``, direction ``d`` and the roots ``t1 <= t2`` of ``|p + t d| = r`` of each
-    segment (``t1 = t2 = -b / a`` when the line misses the circle); coordinates relative to the centre."""
-    px = seg[:, 0] - qx
-    py = seg[:, 1] - qy
-    dx = seg[:, 2] - seg[:, 0]
-    dy = seg[:, 3] - seg[:, 1]
-    a = dx * dx + dy * dy
-    b = px * dx + py * dy
-    c = px * px + py * py - r * r
-    disc = b * b - a * c
-    np.maximum(disc, 0.0, out=disc)
-    sq = np.sqrt(disc, out=disc)
-    a[a <= 0] = 1.0  # degenerate segment: b = 0, sq = 0, both roots 0
-    nb = -b
-    r1 = (nb - sq) / a
-    r2 = np.add(nb, sq, out=nb)
-    r2 /= a
-    return px, py, dx, dy, r1, r2
+def segment_length_in_disk(seg: np.ndarray, qx, qy, r: float) -> np.ndarray:
+    """Length of each segment ``(x0, y0, x1, y1)`` inside the disk of radius ``r`` around ``(qx, qy)``
+    (scalars or one centre per segment); the closed form the disk index evaluates on its rim."""
+    from geoembed.views.disk_kernel import segment_lengths
 
-
-def segment_length_in_disk(seg: np.ndarray, qx: np.ndarray, qy: np.ndarray, r: float) -> np.ndarray:
-    """Length of each segment ``(x0, y0, x1, y1)`` inside the disk of radius ``r`` around ``(qx, qy)``."""
-    seg = np.asarray(seg, dtype=np.float64)
-    _, _, dx, dy, r1, r2 = _chord(seg, qx, qy, r)
-    t1 = np.clip(r1, 0.0, 1.0, out=r1)
-    t2 = np.clip(r2, 0.0, 1.0, out=r2)
-    t2 -= t1
-    return np.hypot(dx, dy) * t2
-
-
-def _green_integral(seg: np.ndarray, qx: np.ndarray, qy: np.ndarray, r: float, x0: float) -> np.ndarray:
-    """For oriented polygon edges and disks (centre q, radius r): the line integral of x dy over the
-    part of each edge inside the disk (x measured from ``x0``), plus the crossing term
-    ``-sum(delta * G(theta))`` of the disk's boundary arcs (module docstring). Returns both summed.
-
-    With ``(ex, ey)`` the crossing relative to the centre, ``sin θ = ey / r`` and ``sin 2θ = 2 ex ey / r²``,
-    so ``G(θ) = ey (cx + ex / 2) + r² θ / 2``: one arctan2 per crossing.
-    """
-    px, py, dx, dy, r1, r2 = _chord(seg, qx, qy, r)
-    # a root in [0, 1) is a crossing: r1 enters the disk (delta -1), r2 leaves it (delta +1); a line
-    # missing the circle has r1 = r2 and crosses nowhere
-    h1 = np.flatnonzero((r1 >= 0.0) & (r1 < 1.0) & (r1 < r2))
-    h2 = np.flatnonzero((r2 >= 0.0) & (r2 < 1.0) & (r1 < r2))
-    t1 = np.clip(r1, 0.0, 1.0)
-    t2 = np.clip(r2, 0.0, 1.0)
-    # x dy along the clipped piece: absolute x (from x0) at its middle times its dy
-    xm = (t1 + t2) * 0.5
-    xm *= dx
-    xm += seg[:, 0] - x0
-    t2 -= t1
-    t2 *= dy
-    line = xm * t2
-    hit = np.concatenate([h1, h2])
-    if len(hit):
-        root = np.concatenate([r1[h1], r2[h2]])
-        ex = px[hit] + root * dx[hit]
-        ey = py[hit] + root * dy[hit]
-        th = np.arctan2(ey, ex)
-        th[th < 0] += 2 * np.pi  # angle in [0, 2 pi) from the reference point q + (r, 0)
-        cx = (qx[hit] if np.ndim(qx) else qx) - x0
-        g = ey * (cx + ex * 0.5) + (0.5 * r * r) * th
-        g[len(h1):] *= -1.0
-        line += np.bincount(hit, weights=g, minlength=len(line))
-    return line
+    seg = np.ascontiguousarray(seg, dtype=np.float64).reshape(-1, 4)
+    qx = np.ascontiguousarray(np.broadcast_to(np.asarray(qx, dtype=np.float64), len(seg)))
+    qy = np.ascontiguousarray(np.broadcast_to(np.asarray(qy, dtype=np.float64), len(seg)))
+    out = np.empty(len(seg))
+    segment_lengths(seg, qx, qy, float(r), out)
+    return out
 
 
 # ---------------------------------------------------------------------------- the grid index
@@ -340,7 +286,7 @@ class DiskIndex:
         np.add.at(out, (qi, self.polygon_cat[ti]), 1.0)
         return out
 
-    def query(self, qx: np.ndarray, qy: np.ndarray, r: float, batch: int = 256) -> np.ndarray:
+    def query(self, qx: np.ndarray, qy: np.ndarray, r: float, batch: int = 4096) -> np.ndarray:
         """(n, n_cat) sums of the primitives' measure inside the disks of radius ``r`` around the
         query points (count of points; metres of line; square metres of polygon)."""
         qx = np.asarray(qx, dtype=np.float64)
@@ -360,130 +306,14 @@ class DiskIndex:
             out += self.winding(qx + r, qy) * (np.pi * r * r)
         return out
 
-    def _rows(self, qx: np.ndarray, qy: np.ndarray, r: float) -> tuple:
-        """Per query and grid row: the fully-inside column range [a, b] and the rim range [c0, c1]."""
-        # Everything in cell units: row band k of query q spans [k - frac_q, k - frac_q + 1] in y.
-        inv = 1.0 / self.cell
-        r_out = (r + self.h) * inv
-        r_in = (r - self.h) * inv
-        m = int(math.ceil(r_out)) + 1
-        fx = ((qx - self.x0) * inv)[:, None]
-        fy = (qy - self.y0) * inv
-        qrow = np.floor(fy)
-        kk = np.arange(-m, m + 1, dtype=np.float64)
-        dyl = kk[None, :] - (fy - qrow)[:, None]
-        dy_near = np.maximum(np.maximum(dyl, -1.0 - dyl), 0.0)
-        dy_far = np.maximum(-dyl, dyl + 1.0)
-        rows = qrow.astype(np.int64)[:, None] + np.arange(-m, m + 1)[None, :]
-        w_out = np.sqrt(np.maximum(r_out * r_out - dy_near * dy_near, 0.0))
-        c0f = np.floor(fx - w_out)
-        c1f = np.floor(fx + w_out)
-        rowok = (rows >= 0) & (rows < self.nrows) & (dy_near <= r_out) & (c1f >= 0) & (c0f < self.ncols)
-        c0 = np.where(rowok, np.maximum(c0f, 0), 0).astype(np.int64)
-        c1 = np.where(rowok, np.minimum(c1f, self.ncols - 1), -1).astype(np.int64)
-        inner_ok = rowok & (dy_far <= r_in)
-        w_in = np.sqrt(np.maximum(r_in * r_in - dy_far * dy_far, 0.0))
-        a = np.maximum(np.ceil(fx - w_in), c0).astype(np.int64)
-        b = np.minimum(np.floor(fx + w_in) - 1, c1).astype(np.int64)
-        inner_ok &= a <= b
-        a = np.where(inner_ok, a, c1 + 1)
-        b = np.where(inner_ok, b, c1)
-        return rows, rowok, inner_ok, a, b, c0, c1
-
     def _query(self, qx: np.ndarray, qy: np.ndarray, r: float) -> np.ndarray:
-        return self._collect(qx, qy, r, self._rows(qx, qy, r))
+        from geoembed.views.disk_kernel import KIND_AREA, KIND_COUNT, KIND_LENGTH, disk_sums
 
-    def _collect(self, qx: np.ndarray, qy: np.ndarray, r: float, rowinfo: tuple) -> np.ndarray:
-        """Sums for a batch given the row ranges of :meth:`_rows` (prefix sums inside, exact on the rim).
-
-        The rim primitives of all (query, row) pairs are gathered at once from the cell-sorted (CSR)
-        arrays: per query and row, the cells ``[c0, a)`` and ``(b, c1]`` are contiguous primitive index
-        ranges, expanded with a single cumulative sum. Squared anchor distances split the pairs into
-        surely inside, surely outside and a thin band that is classified (and, when crossing the
-        circle, evaluated) exactly.
-        """
-        rows, rowok, inner_ok, a, b, c0, c1 = rowinfo
-        n = len(qx)
-        nc = self.n_cat
-        rr = np.clip(rows, 0, self.nrows - 1)
-        out = np.zeros((n, nc))
-        if inner_ok.any():  # rows without an inner range read prefix entry 0 twice: difference 0
-            flat = self.prefix.reshape(-1, nc)  # rows of (ncols + 1) prefix entries
-            base_p = rr * (self.ncols + 1)
-            hi_i = np.where(inner_ok, base_p + b + 1, 0).ravel()
-            lo_i = np.where(inner_ok, base_p + a, 0).ravel()
-            vals = np.take(flat, hi_i, axis=0, mode="clip")  # indices are in range: no checks
-            vals -= np.take(flat, lo_i, axis=0, mode="clip")
-            out += vals.reshape(n, -1, nc).sum(axis=1)
-        # Rim ranges; rows outside the grid have c0 = 0, c1 = -1, a = 0, b = -1: both ranges empty.
-        base = rr * self.ncols
-        st = self.cell_start
-        lo = np.concatenate([st[base + c0], st[base + b + 1]], axis=1)
-        cnt = np.concatenate([st[base + a], st[base + c1 + 1]], axis=1)
-        cnt -= lo
-        qcnt = cnt.sum(axis=1)
-        total = int(qcnt.sum())
-        if total == 0:
-            return out
-        lo, cnt = lo.ravel(), cnt.ravel()
-        nz = np.flatnonzero(cnt)
-        lo, cnt = lo[nz], cnt[nz]
-        step = np.ones(total, dtype=np.int64)  # pid = cumsum(step): runs lo .. lo + cnt - 1
-        starts = np.cumsum(cnt[:-1])
-        step[0] = lo[0]
-        step[starts] = lo[1:] - (lo[:-1] + cnt[:-1] - 1)
-        pid = np.cumsum(step, out=step)
-        qid = np.repeat(np.arange(n, dtype=np.int64), qcnt)
-        anc = np.take(self.anchor, pid, axis=0, mode="clip")  # (total, 2): one gather per pair
-        d2 = anc[:, 0] - np.repeat(qx, qcnt)
-        d2 *= d2
-        dy = anc[:, 1] - np.repeat(qy, qcnt)
-        dy *= dy
-        d2 += dy
-        del dy, anc
-        eps = 1e-12  # squared distances are within a few ulps: margins for the sure classes
-        if self.kind == "count":
-            r2 = r * r
-            inside = d2 <= r2 * (1 - eps)
-            band = np.flatnonzero((d2 > r2 * (1 - eps)) & (d2 <= r2 * (1 + eps)))
-            sel = np.flatnonzero(inside)
-            if len(band):  # exact test as in the brute force: hypot <= r
-                bp = pid[band]
-                bq = qid[band]
-                ok = np.hypot(self.anchor[bp, 0] - qx[bq], self.anchor[bp, 1] - qy[bq]) <= r
-                sel = np.concatenate([sel, band[ok]])
-            key = qid[sel] * nc + np.take(self.cat, pid[sel], mode="clip")
-            out += np.bincount(key, minlength=n * nc).reshape(n, nc)
-            return out
-        # lines / polygon edges: every part of a primitive is within h of its anchor
-        h = self.h
-        in2 = (r - h) ** 2 * (1 - eps) if r > h else -1.0
-        out2 = (r + h) ** 2 * (1 + eps)
-        sure = np.flatnonzero(d2 <= in2)
-        band = np.flatnonzero((d2 > in2) & (d2 < out2))
-        ps = pid[sure]
-        keys = [qid[sure] * nc + np.take(self.cat, ps, mode="clip")]
-        wts = [np.take(self.value, ps, mode="clip")]
-        if len(band):
-            bp = pid[band]
-            bq = qid[band]
-            dist = np.sqrt(d2[band])
-            rad = np.take(self.radius, bp, mode="clip")
-            whole = dist + rad <= r
-            cross = np.flatnonzero(~whole & (dist - rad < r))
-            keys.append(bq[whole] * nc + self.cat[bp[whole]])
-            wts.append(self.value[bp[whole]])
-            if len(cross):
-                cp, cq = bp[cross], bq[cross]
-                d = np.take(self.data, cp, axis=0, mode="clip")
-                if self.kind == "length":
-                    v = segment_length_in_disk(d, qx[cq], qy[cq], r)
-                else:
-                    v = _green_integral(d, qx[cq], qy[cq], r, self.x0)
-                keys.append(cq * nc + self.cat[cp])
-                wts.append(v)
-        out += np.bincount(np.concatenate(keys), weights=np.concatenate(wts),
-                           minlength=n * nc).reshape(n, nc)
+        kind = {"count": KIND_COUNT, "length": KIND_LENGTH, "area": KIND_AREA}[self.kind]
+        out = np.zeros((len(qx), self.n_cat))
+        disk_sums(kind, np.ascontiguousarray(qx), np.ascontiguousarray(qy), float(r), self.x0, self.y0,
+                  self.cell, self.nrows, self.ncols, self.h, self.prefix, self.cell_start, self.anchor,
+                  self.cat, self.value, self.radius, self.data, out)
         return out
 
 
