@@ -10,6 +10,12 @@ import pytest
 os.environ.setdefault("GEOEMBED_NO_PROGRESS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+
+@pytest.fixture(autouse=True)
+def _private_fingerprint_cache(tmp_path_factory, monkeypatch):
+    """Tests never read or write the user's fingerprint cache (~/.cache/geoembed)."""
+    monkeypatch.setenv("GEOEMBED_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "geoembed-cache"))
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data"
 

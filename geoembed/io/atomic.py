@@ -87,7 +87,10 @@ _FINGERPRINTS: dict[tuple, str] = {}
 
 def source_fingerprint(path: str | os.PathLike) -> str:
     """Fingerprint of an input source: ``remote:<url>`` for GDAL remote paths (``s3://``, ``/vsicurl/``
-    ...), else the file's sha256, computed once per process for a given (path, size, mtime)."""
+    ...), else the file's sha256, computed once per process for a given (path, size, mtime) and, for
+    large files, remembered across processes (:mod:`geoembed.io.fpcache`)."""
+    from geoembed.io import fpcache
+
     p = str(path)
     if "://" in p or p.startswith("/vsi"):
         return f"remote:{p}"
@@ -97,9 +100,14 @@ def source_fingerprint(path: str | os.PathLike) -> str:
         from geoembed.errors import InputError
 
         raise InputError(f"{p} does not exist") from None
-    key = (os.path.realpath(p), st.st_size, st.st_mtime_ns)
+    real = os.path.realpath(p)
+    key = (real, st.st_size, st.st_mtime_ns)
     if key not in _FINGERPRINTS:
-        _FINGERPRINTS[key] = file_fingerprint(p)
+        fp = fpcache.lookup(real, st)
+        if fp is None:
+            fp = file_fingerprint(p)
+            fpcache.remember(real, st, fp)
+        _FINGERPRINTS[key] = fp
     return _FINGERPRINTS[key]
 
 

@@ -35,6 +35,22 @@ def open_raster(path: str | os.PathLike):
     return ds
 
 
+def raster_fingerprint(path: str | os.PathLike) -> str:
+    """Fingerprint of a raster with every file GDAL reads for it: a GeoTIFF alone is its file's
+    fingerprint; a VRT (or a file with sidecars such as .ovr, .msk, .aux.xml) combines those of all its
+    files in GDAL's order, so a changed mosaic tile changes the VRT's fingerprint too."""
+    from geoembed.io.atomic import source_fingerprint, text_fingerprint
+
+    p = str(path)
+    if "://" in p or p.startswith("/vsi"):
+        return source_fingerprint(p)
+    with open_raster(p) as ds:
+        files = [str(f) for f in ds.files] or [p]
+    if len(files) == 1:
+        return source_fingerprint(p)
+    return text_fingerprint({"files": [source_fingerprint(f) for f in files]})
+
+
 def raster_footprint(path: str | os.PathLike, densify: int = 21):
     """The raster's extent as a shapely (Multi)Polygon in EPSG:4326 (edges densified before
     reprojection), with longitudes in [-180, 180]: an extent across the antimeridian (a UTM zone 60

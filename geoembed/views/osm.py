@@ -50,7 +50,7 @@ import shapely
 
 from geoembed.config.build import DaskConfig, OsmViewConfig
 from geoembed.errors import InputError
-from geoembed.io.atomic import file_fingerprint, text_fingerprint
+from geoembed.io.atomic import source_fingerprint, text_fingerprint
 from geoembed.io.viewstore import ArraySpec, ViewStore
 from geoembed.views.osm_catalogue import Catalogue, load_catalogue
 from geoembed.views.osm_geom import (
@@ -429,7 +429,7 @@ def build_osm_view(
     catalogue = load_catalogue(cfg.catalogue)
     if not src.is_file():
         raise InputError(f"OSM source {src} (view {cfg.name!r}) does not exist")
-    source_fp = file_fingerprint(src)
+    source_fp = source_fingerprint(src)
     lon = locations["lon"].to_numpy(dtype=np.float64)
     lat = locations["lat"].to_numpy(dtype=np.float64)
     crs = metric_crs(lon, lat)

@@ -91,9 +91,9 @@ import pandas as pd
 
 from geoembed.config.build import DaskConfig, RasterViewConfig
 from geoembed.errors import ConfigError, InputError
-from geoembed.io.atomic import source_fingerprint, text_fingerprint
+from geoembed.io.atomic import text_fingerprint
 from geoembed.io.locations import validate_locations
-from geoembed.io.rasters import open_raster
+from geoembed.io.rasters import open_raster, raster_fingerprint
 from geoembed.io.tilecache import BlockArena, tile_cache
 from geoembed.io.viewstore import ArraySpec, ViewStore
 
@@ -879,7 +879,7 @@ def resolve_sources(cfg: RasterViewConfig) -> tuple[list[RasterSource], list[dic
             })
         sources.append(RasterSource(p, bands, override))
     for info in infos:
-        info["fingerprint"] = source_fingerprint(info["path"])
+        info["fingerprint"] = raster_fingerprint(info["path"])
     return sources, infos
 
 
