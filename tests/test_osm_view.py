@@ -250,6 +250,39 @@ def test_query_order_and_batches_do_not_change_results():
     np.testing.assert_allclose(idx.query(qx[perm], qy[perm], 400.0, batch=7), ref[perm], rtol=1e-12, atol=1e-9)
 
 
+@pytest.mark.parametrize("cap", [60.0, 5000.0])
+def test_nearest_index_equals_shapely_distance(cap):
+    """Lines, polygons with holes, multipolygons and multipoints; queries inside, in holes, on edges,
+    far outside the grid and beyond the cap."""
+    from geoembed.views.osm_geom import NearestIndex
+
+    rng = np.random.default_rng(11)
+    geoms = [shapely.LineString(rng.uniform(0, 1000, (int(rng.integers(2, 6)), 2))) for _ in range(30)]
+    geoms += [shapely.Polygon([(100, 100), (400, 100), (400, 400), (100, 400)], [[(200, 200), (300, 200),
+                                                                                  (300, 300), (200, 300)]]),
+              shapely.MultiPolygon([shapely.box(600, 600, 650, 700), shapely.box(700, 600, 720, 620)]),
+              shapely.MultiPoint([(900, 50), (950, 80)]),
+              shapely.MultiLineString([[(0, 900), (50, 950)], [(60, 960), (400, 990)]])]
+    geoms = np.array(geoms, dtype=object)
+    qx = np.r_[rng.uniform(-200, 1200, 400), 250.0, 150.0, 400.0, 5000.0, -3000.0, 625.0]
+    qy = np.r_[rng.uniform(-200, 1200, 400), 250.0, 150.0, 250.0, 5000.0, 500.0, 650.0]
+    for max_part in (7.0, 60.0):
+        idx = NearestIndex(geoms, max_part)
+        got = idx.distance(qx, qy, cap)
+        want = np.minimum(shapely.distance(geoms[None, :], shapely.points(qx, qy)[:, None]).min(1), cap)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+        assert got[-6] > 0  # in the hole
+        assert got[-5] == 0 and got[-4] == 0 and got[-1] == 0  # inside, on the ring, inside a multipolygon part
+        assert got[-3] == cap
+
+
+def test_nearest_index_of_nothing_is_the_cap():
+    from geoembed.views.osm_geom import NearestIndex
+
+    idx = NearestIndex(np.array([], dtype=object), 10.0)
+    np.testing.assert_array_equal(idx.distance(np.r_[1.0, 2.0], np.r_[3.0, 4.0], 77.0), [77.0, 77.0])
+
+
 def test_tune_malloc_on_linux():
     import sys
 

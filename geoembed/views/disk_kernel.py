@@ -16,7 +16,7 @@ import math
 import numpy as np
 from numba import njit
 
-__all__ = ["KIND_AREA", "KIND_COUNT", "KIND_LENGTH", "disk_sums", "segment_lengths"]
+__all__ = ["KIND_AREA", "KIND_COUNT", "KIND_LENGTH", "disk_sums", "nearest_distances", "segment_lengths"]
 
 KIND_COUNT, KIND_LENGTH, KIND_AREA = 0, 1, 2
 _EPS = 1e-12  # squared distances are within a few ulps: margins for the sure classes
@@ -177,3 +177,46 @@ def segment_lengths(seg, qx, qy, r, out):
     around ``(qx[i], qy[i])``."""
     for i in range(seg.shape[0]):
         out[i] = _length_in_disk(seg[i, 0], seg[i, 1], seg[i, 2], seg[i, 3], qx[i], qy[i], r)
+
+
+@njit(inline="always", nogil=True, cache=True)
+def _segment_distance(s0x, s0y, s1x, s1y, qx, qy):
+    """Distance from (qx, qy) to the segment (a point when both ends coincide)."""
+    dx = s1x - s0x
+    dy = s1y - s0y
+    a = dx * dx + dy * dy
+    t = 0.0
+    if a > 0.0:
+        t = min(max(((qx - s0x) * dx + (qy - s0y) * dy) / a, 0.0), 1.0)
+    return math.hypot(s0x + t * dx - qx, s0y + t * dy - qy)
+
+
+@njit(nogil=True, cache=True)
+def nearest_distances(qx, qy, cap, x0, y0, cell, nrows, ncols, h, cell_start, data, out):
+    """``out[q] = min(out[q], cap, distance from query q to the nearest segment)`` over the segments
+    ``data`` (m, 4) binned by midpoint on a grid (CSR ``cell_start``; every point of a segment lies
+    within ``h`` of its midpoint). Rings of cells around the query's cell are searched outwards until
+    the ring's lower bound ``(k - 1) * cell - h`` reaches the best distance found (or ``cap``)."""
+    for q in range(qx.shape[0]):
+        qxq = qx[q]
+        qyq = qy[q]
+        best = min(cap, out[q])
+        ci = min(max(int(math.floor((qxq - x0) / cell)), 0), ncols - 1)
+        ri = min(max(int(math.floor((qyq - y0) / cell)), 0), nrows - 1)
+        kmax = max(max(ci, ncols - 1 - ci), max(ri, nrows - 1 - ri))
+        for k in range(kmax + 1):
+            if (k - 1) * cell - h >= best:
+                break
+            for r in range(max(ri - k, 0), min(ri + k, nrows - 1) + 1):
+                edge = r == ri - k or r == ri + k
+                step = 1 if edge else 2 * k  # ring rows in full, other rows at the two ends only
+                c = ci - k
+                while c <= ci + k:
+                    if 0 <= c < ncols:
+                        cid = r * ncols + c
+                        for p in range(cell_start[cid], cell_start[cid + 1]):
+                            d = _segment_distance(data[p, 0], data[p, 1], data[p, 2], data[p, 3], qxq, qyq)
+                            if d < best:
+                                best = d
+                    c += step
+        out[q] = best

@@ -57,6 +57,7 @@ from geoembed.views.osm_geom import (
     HEX_MASK,
     HEX_STENCIL,
     DiskIndex,
+    NearestIndex,
     h3_cells,
     hex_tensor,
     line_segments,
@@ -119,6 +120,7 @@ class PreparedOsm:
     hex_counts: np.ndarray
     dist_points: list[np.ndarray]
     dist_geoms: list[np.ndarray]
+    max_part_m: float
     hull: object
     token: str
     n_features: int
@@ -141,15 +143,15 @@ class PreparedOsm:
         self._lock = threading.Lock()
 
     def trees(self, k: int) -> tuple:
-        """(KD-tree of category ``k``'s point features, STRtree of its other geometries); each None
-        when empty. Built once, lazily, shared by threads."""
+        """(KD-tree of category ``k``'s point features, :class:`NearestIndex` of its other geometries);
+        each None when empty. Built once, lazily, shared by threads."""
         with self._lock:
             if k not in self._trees:
                 from scipy.spatial import cKDTree
 
                 pts, geoms = self.dist_points[k], self.dist_geoms[k]
                 self._trees[k] = (cKDTree(pts) if len(pts) else None,
-                                  shapely.STRtree(geoms) if len(geoms) else None)
+                                  NearestIndex(geoms, self.max_part_m) if len(geoms) else None)
             return self._trees[k]
 
 
@@ -249,7 +251,8 @@ def prepare_osm(
     return PreparedOsm(
         catalogue=catalogue, crs_wkt=CRS.from_user_input(crs).to_wkt(), h3_resolution=int(h3_resolution),
         radii_m=radii, max_distance_m=float(max_distance_m), counts=counts, lengths=lengths, areas=areas,
-        hex_cells=hex_cells, hex_counts=hex_counts, dist_points=dist_points, dist_geoms=dist_geoms, hull=hull,
+        hex_cells=hex_cells, hex_counts=hex_counts, dist_points=dist_points, dist_geoms=dist_geoms,
+        max_part_m=max_part, hull=hull,
         token=token or text_fingerprint([len(features), radii, h3_resolution, max_distance_m, cell, max_part]),
         n_features=int(len(feats)),
     )
@@ -324,17 +327,13 @@ def compute_osm_chunk(
         out["radius"] = np.full((n, n_rad), np.nan, np.float32)
     if "distance" in parts:
         dist = np.full((n, n_cat), prep.max_distance_m, dtype=np.float64)
-        pts = None
         for k in range(n_cat):
-            kd, tree = prep.trees(k)
+            kd, near = prep.trees(k)
             if kd is not None:
                 d, _ = kd.query(np.column_stack([x, y]), k=1, distance_upper_bound=prep.max_distance_m)
                 np.minimum(dist[:, k], d, out=dist[:, k])  # inf beyond the cap
-            if tree is not None:
-                pts = shapely.points(x, y) if pts is None else pts
-                # no max_distance: shapely's search with a large one is far slower; capped below
-                (qi, _), d = tree.query_nearest(pts, return_distance=True, all_matches=False)
-                np.minimum.at(dist[:, k], qi, d)
+            if near is not None:
+                np.minimum(dist[:, k], near.distance(x, y, prep.max_distance_m), out=dist[:, k])
         out["distance"] = np.minimum(dist, prep.max_distance_m).astype(np.float32)
     else:
         out["distance"] = np.full((n, n_cat), np.nan, np.float32)
