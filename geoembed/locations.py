@@ -22,7 +22,7 @@ from geoembed.config.build import LocationsConfig, RegionConfig, WeightConfig
 from geoembed.errors import InputError
 from geoembed.io.atomic import file_fingerprint
 from geoembed.io.locations import make_locations
-from geoembed.io.rasters import open_raster, raster_footprint
+from geoembed.io.rasters import open_raster, raster_footprint, wrap_longitudes
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,10 @@ def read_vector(path: str | os.PathLike) -> gpd.GeoDataFrame:
 def region_geometry(region: RegionConfig):
     """The region as a shapely geometry in EPSG:4326."""
     if region.bbox is not None:
-        return shapely.box(*region.bbox)
+        x0, y0, x1, y1 = region.bbox
+        if x0 > x1:  # across the antimeridian: the parts on either side
+            return wrap_longitudes(shapely.box(x0, y0, x1 + 360.0, y1))
+        return shapely.box(x0, y0, x1, y1)
     if region.polygon is not None:
         gdf = read_vector(region.polygon)
         geom = shapely.union_all(shapely.make_valid(gdf.geometry.values))
@@ -96,8 +99,24 @@ def coverage_mask(lon: np.ndarray, lat: np.ndarray, footprints: list) -> np.ndar
 
 
 # ---------------------------------------------------------------------------- samplers
+def _east_of_antimeridian(geom):
+    """A region split at the antimeridian (parts touching -180 and 180) with its western parts moved
+    east by 360 degrees, when that makes it narrower (so rejection sampling draws from a small box);
+    else the region itself."""
+    from shapely import affinity
+
+    x0, _, x1, _ = geom.bounds
+    if x0 > -180.0 + 1e-9 or x1 < 180.0 - 1e-9:
+        return geom
+    parts = shapely.get_parts(geom)
+    moved = shapely.union_all([affinity.translate(p, xoff=360.0) if p.bounds[2] <= 0.0 else p for p in parts])
+    return moved if moved.bounds[2] - moved.bounds[0] < x1 - x0 else geom
+
+
 def _uniform_in(geom, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """n points uniform in area on the sphere inside ``geom`` (rejection from its bounding box)."""
+    """n points uniform in area on the sphere inside ``geom`` (rejection from its bounding box; a
+    region across the antimeridian is drawn from the box around its unwrapped parts)."""
+    geom = _east_of_antimeridian(geom)
     x0, y0, x1, y1 = geom.bounds
     s0, s1 = np.sin(np.radians(y0)), np.sin(np.radians(y1))
     shapely.prepare(geom)
@@ -114,6 +133,7 @@ def _uniform_in(geom, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
         if got >= n:
             break
     lon, lat = np.concatenate(out_lon)[:n], np.concatenate(out_lat)[:n]
+    lon = _wrap_lon(lon)
     if len(lon) < n:
         raise InputError(f"could not draw {n} points inside the region (got {len(lon)}): is it degenerate?")
     return lon, lat

@@ -190,3 +190,14 @@ def test_density_raster_across_the_antimeridian_gives_wrapped_longitudes(tmp_pat
     assert g["lon"].between(-180.0, 180.0).all()
     west = (g["lon"] < 0).mean()
     assert abs(west - 0.75) < 0.03 and g.loc[g["lon"] < 0, "lon"].max() <= -175.0
+
+
+def test_bbox_across_the_antimeridian(tmp_path):
+    cfg = _loc_cfg(region={"bbox": [170, -20, -170, -10]}, n=3000)
+    g, meta = make_location_table(cfg, [], seed=0)
+    assert len(g) == 3000 and meta["sampling"]["kept"] == 3000
+    assert ((g["lon"] >= 170) | (g["lon"] <= -170)).all() and g["lat"].between(-20, -10).all()
+    assert abs((g["lon"] > 0).mean() - 0.5) < 0.04  # 10 degrees on each side
+    assert meta["sampling"]["drawn"] < 3000 * 2  # drawn from the unwrapped box, not the whole globe
+    with pytest.raises(Exception, match="lon_min != lon_max"):
+        _loc_cfg(region={"bbox": [170, -20, 170, -10]}, n=10)

@@ -25,7 +25,8 @@ class RegionConfig(Section):
     """The sampling region: exactly one of a bounding box, a polygon file or a raster footprint."""
 
     bbox: tuple[float, float, float, float] | None = Field(
-        default=None, description="lon_min, lat_min, lon_max, lat_max in EPSG:4326"
+        default=None, description="lon_min, lat_min, lon_max, lat_max in EPSG:4326 (lon_min > lon_max: across "
+        "the antimeridian, e.g. [170, -20, -170, -10])"
     )
     polygon: str | None = Field(default=None, description="vector file (any CRS); union of its geometries")
     raster: str | None = Field(default=None, description="raster whose valid footprint is the region")
@@ -37,8 +38,10 @@ class RegionConfig(Section):
             raise ValueError(f"give exactly one of bbox, polygon, raster (got {given or 'none'})")
         if self.bbox is not None:
             x0, y0, x1, y1 = self.bbox
-            if not (-180 <= x0 < x1 <= 180 and -90 <= y0 < y1 <= 90):
-                raise ValueError(f"bbox {self.bbox} is not lon_min < lon_max, lat_min < lat_max in degrees")
+            if not (-180 <= x0 <= 180 and -180 <= x1 <= 180 and x0 != x1 and -90 <= y0 < y1 <= 90):
+                raise ValueError(f"bbox {self.bbox} is not lon_min, lat_min, lon_max, lat_max in degrees with "
+                                 "lat_min < lat_max and lon_min != lon_max (lon_min > lon_max crosses the "
+                                 "antimeridian)")
         return self
 
 
