@@ -199,5 +199,6 @@ def test_bbox_across_the_antimeridian(tmp_path):
     assert ((g["lon"] >= 170) | (g["lon"] <= -170)).all() and g["lat"].between(-20, -10).all()
     assert abs((g["lon"] > 0).mean() - 0.5) < 0.04  # 10 degrees on each side
     assert meta["sampling"]["drawn"] < 3000 * 2  # drawn from the unwrapped box, not the whole globe
-    with pytest.raises(Exception, match="lon_min != lon_max"):
-        _loc_cfg(region={"bbox": [170, -20, 170, -10]}, n=10)
+    for bad in ([170, -20, 170, -10], [5, -20, -5, -10]):  # empty; swapped corners (350 degrees wide)
+        with pytest.raises(Exception, match="across the antimeridian, at most 180 degrees wide"):
+            _loc_cfg(region={"bbox": bad}, n=10)

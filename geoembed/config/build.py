@@ -38,10 +38,13 @@ class RegionConfig(Section):
             raise ValueError(f"give exactly one of bbox, polygon, raster (got {given or 'none'})")
         if self.bbox is not None:
             x0, y0, x1, y1 = self.bbox
-            if not (-180 <= x0 <= 180 and -180 <= x1 <= 180 and x0 != x1 and -90 <= y0 < y1 <= 90):
+            # lon_min > lon_max crosses the antimeridian (as GeoJSON bboxes do); such a box wider than
+            # half the globe is far more likely swapped corners, so it is refused
+            lon_ok = x0 < x1 or (x0 > x1 and x1 + 360.0 - x0 <= 180.0)
+            if not (-180 <= x0 <= 180 and -180 <= x1 <= 180 and lon_ok and -90 <= y0 < y1 <= 90):
                 raise ValueError(f"bbox {self.bbox} is not lon_min, lat_min, lon_max, lat_max in degrees with "
-                                 "lat_min < lat_max and lon_min != lon_max (lon_min > lon_max crosses the "
-                                 "antimeridian)")
+                                 "lat_min < lat_max and lon_min < lon_max (or lon_min > lon_max for a box "
+                                 "across the antimeridian, at most 180 degrees wide)")
         return self
 
 
