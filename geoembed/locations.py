@@ -23,6 +23,7 @@ from geoembed.errors import InputError
 from geoembed.io.atomic import file_fingerprint
 from geoembed.io.locations import make_locations
 from geoembed.io.rasters import open_raster, raster_footprint, wrap_longitudes
+from geoembed.lonlat import continuous_lon, wrap_lon
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +134,10 @@ def _uniform_in(geom, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
         if got >= n:
             break
     lon, lat = np.concatenate(out_lon)[:n], np.concatenate(out_lat)[:n]
-    lon = _wrap_lon(lon)
+    lon = wrap_lon(lon)
     if len(lon) < n:
         raise InputError(f"could not draw {n} points inside the region (got {len(lon)}): is it degenerate?")
     return lon, lat
-
-
-def _wrap_lon(lon: np.ndarray) -> np.ndarray:
-    """Longitudes in [-180, 180) (a geographic raster over 170..190 or 0..360 gives some beyond 180)."""
-    return np.where((lon < -180.0) | (lon >= 180.0), (lon + 180.0) % 360.0 - 180.0, lon)
 
 
 def _density_sampler(path: str, geom, rng: np.random.Generator):
@@ -172,7 +168,7 @@ def _density_sampler(path: str, geom, rng: np.random.Generator):
         k = rng.choice(len(p), size=n, p=p)
         x, y = transform @ (cols[k] + rng.uniform(0, 1, n), rows[k] + rng.uniform(0, 1, n))
         lon, lat = to_ll.transform(np.asarray(x), np.asarray(y))
-        return _wrap_lon(np.asarray(lon)), np.asarray(lat)
+        return wrap_lon(np.asarray(lon)), np.asarray(lat)
 
     return draw
 
@@ -182,7 +178,7 @@ def _points_sampler(weight: WeightConfig, rng: np.random.Generator):
     gdf = read_vector(weight.points)
     pts = gdf.geometry.representative_point()
     plon, plat = pts.x.to_numpy(), pts.y.to_numpy()
-    crs = local_metric_crs(float(np.mean(plon)), float(np.mean(plat)))
+    crs = local_metric_crs(float(wrap_lon(np.mean(continuous_lon(plon)))), float(np.mean(plat)))
     px, py = to_local_metres(plon, plat, crs)
     back = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
 
@@ -191,7 +187,7 @@ def _points_sampler(weight: WeightConfig, rng: np.random.Generator):
         x = px[k] + rng.normal(0, weight.jitter_m, n)
         y = py[k] + rng.normal(0, weight.jitter_m, n)
         lon, lat = back.transform(x, y)
-        return _wrap_lon(np.asarray(lon)), np.asarray(lat)
+        return wrap_lon(np.asarray(lon)), np.asarray(lat)
 
     return draw
 
@@ -292,7 +288,7 @@ def read_points_table(cfg: LocationsConfig) -> tuple[np.ndarray, np.ndarray, np.
 # ---------------------------------------------------------------------------- blocks and order
 def spatial_blocks(lon: np.ndarray, lat: np.ndarray, block_size_m: float) -> np.ndarray:
     """Square blocks of ``block_size_m`` in a local transverse Mercator centred on the points."""
-    crs = local_metric_crs(float(np.mean(lon)), float(np.mean(lat)))
+    crs = local_metric_crs(float(wrap_lon(np.mean(continuous_lon(lon)))), float(np.mean(lat)))
     x, y = to_local_metres(lon, lat, crs)
     ix = np.floor(np.asarray(x) / block_size_m).astype(np.int64)
     iy = np.floor(np.asarray(y) / block_size_m).astype(np.int64)
@@ -312,7 +308,7 @@ def morton_order(lon: np.ndarray, lat: np.ndarray, bits: int = 16) -> np.ndarray
         lo, hi = float(v.min()), float(v.max())
         return np.floor((v - lo) / max(hi - lo, 1e-12) * ((1 << bits) - 1)).astype(np.int64)
 
-    key = spread(quant(lon)) | (spread(quant(lat)) << np.uint64(1))
+    key = spread(quant(continuous_lon(lon))) | (spread(quant(lat)) << np.uint64(1))
     return np.argsort(key, kind="stable")
 
 

@@ -48,6 +48,7 @@ from geoembed.config import Config, load_config, save_resolved
 from geoembed.config.train import TrainConfig, ViewEncoderConfig
 from geoembed.errors import ConfigError, InputError
 from geoembed.io.atomic import atomic_path, atomic_write_text, file_fingerprint, text_fingerprint
+from geoembed.lonlat import continuous_lon, wrap_lon
 from geoembed.nn.encodings import EARTH_RADIUS_M
 from geoembed.nn.fusion import FusionHead
 from geoembed.nn.losses import ContrastiveLoss
@@ -213,6 +214,7 @@ def _view_configs(cfg: Config) -> list[ViewEncoderConfig]:
 
 
 def _grid_blocks(lon: np.ndarray, lat: np.ndarray, size_m: float) -> np.ndarray:
+    lon = continuous_lon(lon)
     lat0 = math.radians(float(np.mean(lat)))
     x = np.radians(lon - np.mean(lon)) * EARTH_RADIUS_M * math.cos(lat0)
     y = np.radians(lat) * EARTH_RADIUS_M
@@ -263,14 +265,15 @@ def coordinate_spec(tc: TrainConfig, lon: np.ndarray, lat: np.ndarray) -> dict:
         if e.type == "spherical_harmonics":
             encs.append({"type": "spherical_harmonics", "degrees": e.degrees})
             continue
+        ulon = continuous_lon(lon)  # the footprint's extent, also across the antimeridian
         if e.center is not None:
             c_lon, c_lat = e.center
         else:
-            c_lon = float((np.nanmin(lon) + np.nanmax(lon)) / 2)
+            c_lon = float(wrap_lon((np.nanmin(ulon) + np.nanmax(ulon)) / 2))
             c_lat = float((np.nanmin(lat) + np.nanmax(lat)) / 2)
         max_wl = e.max_wavelength_m
         if max_wl is None:
-            dx = math.radians(float(np.ptp(lon))) * EARTH_RADIUS_M * math.cos(math.radians(c_lat))
+            dx = math.radians(float(np.nanmax(ulon) - np.nanmin(ulon))) * EARTH_RADIUS_M * math.cos(math.radians(c_lat))
             dy = math.radians(float(np.ptp(lat))) * EARTH_RADIUS_M
             max_wl = max(2.0 * math.hypot(dx, dy), 4.0 * e.min_wavelength_m)
         encs.append({"type": "local_multiscale", "center_lon": c_lon, "center_lat": c_lat,

@@ -92,9 +92,11 @@ def metric_crs(lon: np.ndarray, lat: np.ndarray):
     from pyproj.aoi import AreaOfInterest
     from pyproj.database import query_utm_crs_info
 
-    lon = np.asarray(lon, dtype=float)
+    from geoembed.lonlat import continuous_lon, wrap_lon
+
+    lon = continuous_lon(np.asarray(lon, dtype=float))  # an extent across the antimeridian stays whole
     lat = np.asarray(lat, dtype=float)
-    cx, cy = (lon.min() + lon.max()) / 2, (lat.min() + lat.max()) / 2
+    cx, cy = float(wrap_lon((lon.min() + lon.max()) / 2)), (lat.min() + lat.max()) / 2
     info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(cx, cy, cx, cy))
     if not info:
         raise InputError(f"no UTM zone for the point extent centred at lon {cx}, lat {cy}")

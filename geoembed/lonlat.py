@@ -1,0 +1,62 @@
+"""Longitude arithmetic that survives the antimeridian.
+
+A set of points on both sides of 180 degrees (Fiji, Chukotka, the Aleutians) has a mean longitude
+near 0 and a min-max span near 360: a projection centred there is useless. The extent of a set of
+longitudes is instead the shortest arc that covers them all (the complement of the widest gap between
+neighbours on the circle); for points that do not cross the antimeridian it is the usual
+``[min, max]``, computed exactly as before.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["continuous_lon", "lon_extent", "unwrap_lon", "wrap_lon"]
+
+
+def lon_extent(lon: np.ndarray) -> tuple[float, float]:
+    """(centre, width) in degrees of the shortest arc covering the finite longitudes; centre in
+    [-180, 180). ``((min + max) / 2, max - min)`` when the points do not cross the antimeridian;
+    (0, 0) when there is none."""
+    lon = np.asarray(lon, dtype=np.float64)
+    lon = lon[np.isfinite(lon)]
+    if len(lon) == 0:
+        return 0.0, 0.0
+    lo, hi = float(lon.min()), float(lon.max())
+    wrapped = np.sort(np.mod(lon + 180.0, 360.0) - 180.0)
+    gaps = np.diff(wrapped)
+    wrap_gap = wrapped[0] + 360.0 - wrapped[-1]
+    if len(gaps) == 0 or wrap_gap >= gaps.max() or hi - lo <= 180.0:
+        return (lo + hi) / 2.0, hi - lo
+    i = int(np.argmax(gaps))  # the widest gap lies inside [-180, 180): the arc runs east from its end across 180
+    start, width = float(wrapped[i + 1]), 360.0 - float(gaps[i])
+    centre = float(np.mod(start + width / 2.0 + 180.0, 360.0) - 180.0)
+    return centre, width
+
+
+def unwrap_lon(lon: np.ndarray, centre: float) -> np.ndarray:
+    """Longitudes shifted by multiples of 360 into [centre - 180, centre + 180) (continuous around
+    ``centre``); unchanged when already there."""
+    lon = np.asarray(lon, dtype=np.float64)
+    out = np.mod(lon - centre + 180.0, 360.0) - 180.0 + centre
+    return np.where((lon >= centre - 180.0) & (lon < centre + 180.0), lon, out)
+
+
+def continuous_lon(lon: np.ndarray) -> np.ndarray:
+    """The longitudes themselves when they do not cross the antimeridian; else shifted by 360 where
+    needed so that they are continuous around the centre of their extent (some then exceed 180).
+    Means, min-max extents and local projections of the result are meaningful in both cases."""
+    lon = np.asarray(lon, dtype=np.float64)
+    finite = lon[np.isfinite(lon)]
+    if len(finite) == 0:
+        return lon
+    centre, width = lon_extent(finite)
+    if width >= float(finite.max() - finite.min()):
+        return lon
+    return unwrap_lon(lon, centre)
+
+
+def wrap_lon(lon):
+    """Longitude(s) in [-180, 180) (values already there are returned bit for bit)."""
+    lon = np.asarray(lon, dtype=np.float64)
+    return np.where((lon >= -180.0) & (lon < 180.0), lon, np.mod(lon + 180.0, 360.0) - 180.0)
