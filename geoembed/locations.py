@@ -23,7 +23,7 @@ from geoembed.errors import InputError
 from geoembed.io.atomic import file_fingerprint
 from geoembed.io.locations import make_locations
 from geoembed.io.rasters import open_raster, raster_footprint, wrap_longitudes
-from geoembed.lonlat import continuous_lon, wrap_lon
+from geoembed.lonlat import continuous_lon, east_of_antimeridian, wrap_lon
 
 log = logging.getLogger(__name__)
 
@@ -100,24 +100,10 @@ def coverage_mask(lon: np.ndarray, lat: np.ndarray, footprints: list) -> np.ndar
 
 
 # ---------------------------------------------------------------------------- samplers
-def _east_of_antimeridian(geom):
-    """A region split at the antimeridian (parts touching -180 and 180) with its western parts moved
-    east by 360 degrees, when that makes it narrower (so rejection sampling draws from a small box);
-    else the region itself."""
-    from shapely import affinity
-
-    x0, _, x1, _ = geom.bounds
-    if x0 > -180.0 + 1e-9 or x1 < 180.0 - 1e-9:
-        return geom
-    parts = shapely.get_parts(geom)
-    moved = shapely.union_all([affinity.translate(p, xoff=360.0) if p.bounds[2] <= 0.0 else p for p in parts])
-    return moved if moved.bounds[2] - moved.bounds[0] < x1 - x0 else geom
-
-
 def _uniform_in(geom, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """n points uniform in area on the sphere inside ``geom`` (rejection from its bounding box; a
     region across the antimeridian is drawn from the box around its unwrapped parts)."""
-    geom = _east_of_antimeridian(geom)
+    geom = east_of_antimeridian(geom)
     x0, y0, x1, y1 = geom.bounds
     s0, s1 = np.sin(np.radians(y0)), np.sin(np.radians(y1))
     shapely.prepare(geom)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["continuous_lon", "lon_extent", "unwrap_lon", "wrap_lon"]
+__all__ = ["continuous_lon", "east_of_antimeridian", "lon_extent", "unwrap_lon", "wrap_lon"]
 
 
 def lon_extent(lon: np.ndarray) -> tuple[float, float]:
@@ -60,3 +60,18 @@ def wrap_lon(lon):
     """Longitude(s) in [-180, 180) (values already there are returned bit for bit)."""
     lon = np.asarray(lon, dtype=np.float64)
     return np.where((lon >= -180.0) & (lon < 180.0), lon, np.mod(lon + 180.0, 360.0) - 180.0)
+
+
+def east_of_antimeridian(geom):
+    """A lon/lat geometry split at the antimeridian (parts touching -180 and 180) with its western
+    parts moved east by 360 degrees when that makes it narrower: one continuous shape, for centroids,
+    projections and bounding boxes; else the geometry itself."""
+    import shapely
+    from shapely import affinity
+
+    x0, _, x1, _ = geom.bounds
+    if x0 > -180.0 + 1e-9 or x1 < 180.0 - 1e-9:
+        return geom
+    parts = shapely.get_parts(geom)
+    moved = shapely.union_all([affinity.translate(p, xoff=360.0) if p.bounds[2] <= 0.0 else p for p in parts])
+    return moved if moved.bounds[2] - moved.bounds[0] < x1 - x0 else geom

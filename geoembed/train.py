@@ -717,12 +717,15 @@ def _run_fingerprint(cfg: Config, data_fp: str, seed: int) -> str:
 
 
 def _footprint(lon: np.ndarray, lat: np.ndarray):
+    """Convex hull of the training locations in lon/lat (split at the antimeridian when they cross it)."""
     import shapely
 
-    hull = shapely.MultiPoint(np.column_stack([lon, lat])).convex_hull
+    from geoembed.io.rasters import wrap_longitudes
+
+    hull = shapely.MultiPoint(np.column_stack([continuous_lon(lon), lat])).convex_hull
     if hull.geom_type != "Polygon" or hull.area == 0:
         hull = hull.buffer(1e-3)
-    return hull
+    return wrap_longitudes(hull)
 
 
 def train(cfg: Config, *, resume: bool = True, overwrite: bool = False,

@@ -34,3 +34,21 @@ def test_spatial_blocks_across_the_antimeridian_are_local():
     b = spatial_blocks(lon, lat, 2000.0)
     ix = (b >> 21) - (1 << 20)
     assert np.abs(np.diff(np.sort(ix))).max() <= 1
+
+
+def test_training_footprint_and_support_across_the_antimeridian():
+    from geoembed.enrich.support import SupportIndex, haversine_km
+    from geoembed.train import _footprint
+
+    rng = np.random.default_rng(0)
+    lon = wrap_lon(rng.uniform(178.0, 182.0, 500))  # Fiji-like: both sides of 180
+    lat = rng.uniform(-18.0, -16.0, 500)
+    fp = _footprint(lon, lat)
+    assert fp.geom_type == "MultiPolygon" and fp.area < 4.0 * 2.0 + 1e-9  # not a band around the globe
+    s = SupportIndex(fp)
+    assert s.contains(np.r_[179.5, -179.5], np.r_[-17.0, -17.0]).all()
+    assert not s.contains(np.r_[0.0, 170.0], np.r_[-17.0, -17.0]).any()
+    # one degree east of the eastern edge (about -178): about 106 km at 17 S
+    east = lon[lon < 0].max()
+    d = s.distance_km(np.r_[east + 1.0], np.r_[-17.0])[0]
+    assert d == pytest.approx(haversine_km(east, -17.0, east + 1.0, -17.0), rel=0.05)

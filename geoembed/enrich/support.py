@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from geoembed.lonlat import east_of_antimeridian
+
 EARTH_RADIUS_KM = 6371.0088
 
 
@@ -49,10 +51,12 @@ class SupportIndex:
         self.footprint = footprint
         self._prepared = shapely.from_wkb(shapely.to_wkb(footprint))
         shapely.prepare(self._prepared)
-        centre = footprint.centroid
+        # a footprint split at the antimeridian is projected as one continuous shape
+        whole = east_of_antimeridian(footprint)
+        centre = whole.centroid
         self.centre = (float(centre.x), float(centre.y))
         # Densify in degrees so that the projected outline follows the footprint's edges.
-        dense = shapely.segmentize(footprint, densify_deg)
+        dense = shapely.segmentize(whole, densify_deg)
         self._poly_km = shapely.transform(dense, lambda xy: np.column_stack(aeqd_km(xy[:, 0], xy[:, 1], *self.centre)))
         shapely.prepare(self._poly_km)
 
