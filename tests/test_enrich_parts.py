@@ -169,3 +169,20 @@ def test_pipeline_script(tmp_path, bundle_path, bundle):
     assert mod.main(["--bundle", str(bundle_path), "--input", str(tmp_path / "in"), "--output",
                      str(tmp_path / "out"), "--scheduler", "synchronous"]) == 0
     check_part(tmp_path / "out" / "part-000.parquet", tables[0], bundle)
+
+
+def test_fit_reduction_names_the_part_and_its_row_for_bad_coordinates(tmp_path, bundle_path):
+    from geoembed.enrich import fit_reduction_file
+
+    ref = tmp_path / "ref"
+    make_parts(ref, sizes=(120, 75))
+    t = part_table(60, 7).to_pandas()
+    t.loc[17, "lon"] = np.nan
+    t.loc[42, "lat"] = 95.0
+    pq.write_table(pa.Table.from_pandas(t, preserve_index=False), ref / "part-002.parquet")
+    with pytest.raises(InputError) as err:
+        fit_reduction_file(bundle_path, ref, tmp_path / "r.json", n_components=2)
+    msg = str(err.value)
+    assert "2 of 255 rows" in msg and "row number within its file" in msg
+    assert "part-002.parquet row 17: missing" in msg and "part-002.parquet row 42: out_of_range" in msg
+    assert not (tmp_path / "r.json").exists()

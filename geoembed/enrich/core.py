@@ -16,6 +16,7 @@ metadata (key ``geoembed``; run totals under ``geoembed.summary``) or, for CSV, 
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as _dt
 import json
@@ -690,9 +691,16 @@ def fit_reduction_file(bundle, input_path: str | os.PathLike, output_path: str |
     acc = CovarianceAccumulator(int(bundle.embedding_dim))
     report = hy.HygieneReport()
     try:
+        starts: list[int] = []  # first row of each file in the running row count
+
+        def where(row: int) -> str:
+            k = bisect.bisect_right(starts, row) - 1
+            return f"{files[k].name} row {row - starts[k]}"
+
         with torch_threads(1 if enricher.workers > 1 else None):
             offset = 0
             for f in files:
+                starts.append(offset)
                 source = _open_source(f, chunk_rows, "parquet", {lon_col or "lon", lat_col or "lat"})
                 coords = resolve_coordinates(source.schema, str(f), lon_col, lat_col, source.geo)
                 try:
@@ -710,7 +718,8 @@ def fit_reduction_file(bundle, input_path: str | os.PathLike, output_path: str |
                 finally:
                     source.close()
             if report.invalid and on_invalid == "error":
-                raise InputError(report.invalid_message(str(input_path), *coords.labels))
+                raise InputError(report.invalid_message(str(input_path), *coords.labels,
+                                                        where=where if input_path.is_dir() else None))
     except CsvTypeRetry as retry:
         raise InputError(f"{input_path}: column '{retry.column}' changes type after the first block; "
                          f"convert the reference table to Parquet") from None

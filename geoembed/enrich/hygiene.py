@@ -12,6 +12,7 @@ but inside it when longitude and latitude are exchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -180,14 +181,18 @@ class HygieneReport:
             f"(or lon_col=/lat_col=) to name them."
         )
 
-    def invalid_message(self, origin: str, lon_col: str, lat_col: str) -> str:
+    def invalid_message(self, origin: str, lon_col: str, lat_col: str,
+                        where: Callable[[int], str] | None = None) -> str:
+        """The error for invalid rows; ``where`` names a row (default ``row N``; for a folder of parts,
+        the part and the row within it)."""
         reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.by_reason.items(), key=lambda kv: -kv[1]))
         lines = [
             f"{origin}: {self.invalid:,} of {self.rows:,} rows have invalid coordinates ({reasons}); "
-            f"first bad rows (0-based row number, reason, {lon_col}, {lat_col}):"
+            f"first bad rows (0-based row number{' within its file' if where else ''}, reason, {lon_col}, "
+            f"{lat_col}):"
         ]
         for row, reason, lo, la in self.examples:
-            lines.append(f"  row {row}: {reason} ({lon_col}={lo!r}, {lat_col}={la!r})")
+            lines.append(f"  {where(row) if where else f'row {row}'}: {reason} ({lon_col}={lo!r}, {lat_col}={la!r})")
         legend = "; ".join(f"{k} = {_LEGEND[k]}" for k in REASONS[1:] if k in self.by_reason)
         lines.append(f"Reasons: {legend}.")
         lines.append("Fix these rows, or pass --on-invalid null (on_invalid='null') to give them empty "
