@@ -4,8 +4,9 @@ Supported sources (chosen by file name):
 
 * ``*.osm.pbf`` / ``*.pbf``: GDAL's OSM driver through pyogrio, layers ``points``, ``lines``,
   ``multilinestrings``, ``multipolygons`` (read with ``on_invalid="ignore"``: broken rings are dropped)
-  and ``other_relations``. Tags live in named columns plus the hstore-like ``other_tags`` string
-  (``"k"=>"v","k2"=>"v2"``); only the keys the catalogue needs are extracted.
+  and ``other_relations``, with a driver configuration (:func:`osm_config_file`) that reports the
+  catalogue's keys as fields and nothing else (no ``other_tags`` string to parse: 2.4 -> 0.9 s for
+  the Helsinki kit).
 * ``*.osm`` / ``*.xml``: OSM XML through ``osmnx.features_from_xml`` (offline).
 * ``*.parquet`` / ``*.geoparquet``: a GeoParquet of features (geometry + one column per tag key).
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import warnings
 from pathlib import Path
 
@@ -48,43 +48,72 @@ def source_format(path: str | os.PathLike) -> str:
     raise InputError(f"OSM source {path}: unknown format (expected .osm.pbf, .osm XML or .parquet GeoParquet)")
 
 
-def parse_other_tags(other: pd.Series, key: str) -> pd.Series:
-    """Extract one key's value from GDAL's ``other_tags`` strings (null where absent)."""
-    pat = r'(?:^|,)"' + re.escape(key) + r'"=>"((?:[^"\\]|\\.)*)"'
-    s = other.astype("object").where(other.notna(), None)
-    if s.isna().all():
-        return pd.Series([None] * len(s), index=s.index, dtype="object")
-    vals = s.astype("string").str.extract(pat, expand=False)
-    return vals.astype("object").where(vals.notna(), None)
+_OSM_CONFIGS: dict[tuple[str, ...], str] = {}
+
+
+def osm_config_file(keys: list[str]) -> str:
+    """A GDAL OSM driver configuration (osmconf.ini) whose layers report exactly ``keys`` as fields,
+    with no ``other_tags`` string to parse afterwards; GDAL's own defaults otherwise (which closed
+    ways are areas, which nodes are significant). Written once per process and key set."""
+    import configparser
+    import tempfile
+
+    import pyogrio
+
+    key = tuple(keys)
+    if key in _OSM_CONFIGS and Path(_OSM_CONFIGS[key]).is_file():
+        return _OSM_CONFIGS[key]
+    default = Path(pyogrio.__file__).parent / "gdal_data" / "osmconf.ini"
+    cfg = configparser.ConfigParser(interpolation=None, strict=False)
+    cfg.optionxform = str  # keys are case-sensitive
+    cfg.read(default)
+    for layer in PBF_LAYERS:
+        if not cfg.has_section(layer):
+            cfg.add_section(layer)
+        sec = cfg[layer]
+        sec["attributes"] = ",".join(keys)
+        sec["other_tags"] = "no"
+        for opt in [o for o in sec if o == "computed_attributes" or o.startswith("z_order")]:
+            del sec[opt]  # a computed field over tags that are no longer fields
+        # a listed key must not be dropped as unsignificant / ignored
+        for opt in ("ignore", "unsignificant"):
+            if opt in sec:
+                sec[opt] = ",".join(t for t in sec[opt].split(",") if t and t not in key)
+    fd, path = tempfile.mkstemp(prefix="geoembed_osmconf_", suffix=".ini")
+    with os.fdopen(fd, "w") as fh:
+        cfg.write(fh, space_around_delimiters=False)  # GDAL reads "key=value" only
+    if not _OSM_CONFIGS:
+        import atexit
+
+        atexit.register(_remove_configs)
+    _OSM_CONFIGS[key] = path
+    return path
+
+
+def _remove_configs() -> None:
+    for path in _OSM_CONFIGS.values():
+        Path(path).unlink(missing_ok=True)
 
 
 def _read_pbf(path: Path, keys: list[str]) -> gpd.GeoDataFrame:
     import pyogrio
 
+    conf = osm_config_file(keys)
     frames = []
     for layer in PBF_LAYERS:
         try:
-            info = pyogrio.read_info(path, layer=layer)
-        except Exception as err:  # noqa: BLE001 - any reader failure is a bad file
-            raise InputError(f"cannot read OSM file {path} (layer {layer}): {err}") from None
-        fields = list(info["fields"])
-        named = [k for k in keys if k in fields]
-        cols = named + (["other_tags"] if "other_tags" in fields else [])
-        try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                df = pyogrio.read_dataframe(path, layer=layer, columns=cols, on_invalid="ignore")
-        except Exception as err:  # noqa: BLE001
+                df = pyogrio.read_dataframe(path, layer=layer, on_invalid="ignore", CONFIG_FILE=conf)
+        except Exception as err:  # noqa: BLE001 - any reader failure is a bad file
             raise InputError(f"cannot read OSM file {path} (layer {layer}): {err}") from None
         if len(df) == 0:
             continue
         out = {}
         for k in keys:
-            if k in named:
+            if k in df.columns:
                 v = df[k].astype("object")
                 out[k] = v.where(v.notna(), None)
-            elif "other_tags" in df.columns:
-                out[k] = parse_other_tags(df["other_tags"], k)
             else:
                 out[k] = pd.Series([None] * len(df), index=df.index, dtype="object")
         frames.append(gpd.GeoDataFrame(pd.DataFrame(out, index=df.index), geometry=df.geometry.values,
