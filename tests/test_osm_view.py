@@ -109,6 +109,9 @@ def test_pbf_reader_on_the_helsinki_kit(helsinki_pbf):
         "amenity": 1091, "building": 525, "emergency": 50, "healthcare": 6, "highway": 4070, "landuse": 243,
         "leisure": 44, "natural": 832, "office": 231, "shop": 625, "tourism": 118, "water": 1, "waterway": 6}
     assert f.crs.to_epsg() == 4326 and (f.loc[f["shop"].notna(), "shop"] == "supermarket").any()
+    # keys with a colon (GDAL names their fields addr_street) are read too
+    g = read_osm_features(helsinki_pbf, ["addr:street", "amenity"])
+    assert g["addr:street"].notna().sum() > 1000 and g["amenity"].notna().sum() == 1091
 
 
 def test_hex_mask_layout():

@@ -111,8 +111,9 @@ def _read_pbf(path: Path, keys: list[str]) -> gpd.GeoDataFrame:
             continue
         out = {}
         for k in keys:
-            if k in df.columns:
-                v = df[k].astype("object")
+            col = next((c for c in (k, k.replace(":", "_")) if c in df.columns), None)  # GDAL: addr:street -> addr_street
+            if col is not None:
+                v = df[col].astype("object")
                 out[k] = v.where(v.notna(), None)
             else:
                 out[k] = pd.Series([None] * len(df), index=df.index, dtype="object")
