@@ -1,4 +1,5 @@
-"""The compiled inner loop of the OSM view's disk aggregates (:class:`geoembed.views.osm_geom.DiskIndex`).
+"""The compiled inner loops of the OSM view: disk aggregates (:class:`geoembed.views.osm_geom.DiskIndex`)
+and nearest distances.
 
 One call sums, for every query point, the primitives of a grid index inside the disk of radius ``r``
 around it, per category: the grid rows the disk covers, each split into a fully-inside column range
@@ -6,7 +7,10 @@ around it, per category: the grid rows the disk covers, each split into a fully-
 one by one (surely inside or outside by their anchor distance and reach; the thin band exactly) and,
 when they cross the circle, evaluated in closed form. The arithmetic is that of the module docstring
 of :mod:`geoembed.views.osm_geom`; the winding term of polygon areas (a point-in-polygon query) is added
-by the caller. Runs without the GIL.
+by the caller.
+
+:func:`nearest_distances` serves :class:`geoembed.views.osm_geom.NearestIndex`: the distance to the
+nearest segment on the same kind of grid, searched ring by ring outwards. Everything runs without the GIL.
 """
 
 from __future__ import annotations
