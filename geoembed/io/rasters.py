@@ -35,17 +35,20 @@ def open_raster(path: str | os.PathLike):
     return ds
 
 
-def raster_fingerprint(path: str | os.PathLike) -> str:
+def raster_fingerprint(path: str | os.PathLike, files: list[str] | None = None) -> str:
     """Fingerprint of a raster with every file GDAL reads for it: a GeoTIFF alone is its file's
     fingerprint; a VRT (or a file with sidecars such as .ovr, .msk, .aux.xml) combines those of all its
-    files in GDAL's order, so a changed mosaic tile changes the VRT's fingerprint too."""
+    files in GDAL's order, so a changed mosaic tile changes the VRT's fingerprint too. ``files``: the
+    dataset's ``files`` when the caller has it open already."""
     from geoembed.io.atomic import source_fingerprint, text_fingerprint
 
     p = str(path)
     if "://" in p or p.startswith("/vsi"):
         return source_fingerprint(p)
-    with open_raster(p) as ds:
-        files = [str(f) for f in ds.files] or [p]
+    if files is None:
+        with open_raster(p) as ds:
+            files = list(ds.files)
+    files = [str(f) for f in files] or [p]
     if len(files) == 1:
         return source_fingerprint(p)
     return text_fingerprint({"files": [source_fingerprint(f) for f in files]})

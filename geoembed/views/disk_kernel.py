@@ -52,6 +52,17 @@ def _length_in_disk(s0x, s0y, s1x, s1y, qx, qy, r):
 
 
 @njit(inline="always", nogil=True, cache=True)
+def _arc_term(px, py, dx, dy, root, cx, r):
+    """``G(theta)`` at the crossing ``p + root d`` (relative to the centre, whose x from the grid origin
+    is ``cx``), theta in [0, 2 pi) from the reference point q + (r, 0)."""
+    ex = px + root * dx
+    ey = py + root * dy
+    th = math.atan2(ey, ex)
+    if th < 0.0:
+        th += 2.0 * math.pi
+    return ey * (cx + ex * 0.5) + (0.5 * r * r) * th
+
+@njit(inline="always", nogil=True, cache=True)
 def _green(s0x, s0y, s1x, s1y, qx, qy, r, x0):
     """x dy over the part of an oriented edge inside the disk (x from ``x0``) plus the crossing terms
     ``-delta * G(theta)`` of the circle's arcs (entering: +G, leaving: -G)."""
@@ -61,22 +72,12 @@ def _green(s0x, s0y, s1x, s1y, qx, qy, r, x0):
     xm = (t1 + t2) * 0.5 * dx + (s0x - x0)
     line = xm * ((t2 - t1) * dy)
     if r1 < r2:
-        cx = qx - x0
         if 0.0 <= r1 < 1.0:
-            ex = px + r1 * dx
-            ey = py + r1 * dy
-            th = math.atan2(ey, ex)
-            if th < 0.0:
-                th += 2.0 * math.pi
-            line += ey * (cx + ex * 0.5) + (0.5 * r * r) * th
+            line += _arc_term(px, py, dx, dy, r1, qx - x0, r)
         if 0.0 <= r2 < 1.0:
-            ex = px + r2 * dx
-            ey = py + r2 * dy
-            th = math.atan2(ey, ex)
-            if th < 0.0:
-                th += 2.0 * math.pi
-            line -= ey * (cx + ex * 0.5) + (0.5 * r * r) * th
+            line -= _arc_term(px, py, dx, dy, r2, qx - x0, r)
     return line
+
 
 
 @njit(nogil=True, cache=True)

@@ -275,7 +275,7 @@ class DiskIndex:
                    np.ascontiguousarray(anchor), value, rad, polygons, polygon_cat)
 
     def winding(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """(n, n_cat) number of (area-kind) polygons of each category containing each point."""
+        """(n, n_cat) number of the polygons given at build time, per category, containing each point."""
         out = np.zeros((len(x), self.n_cat))
         if self.polygons is None or len(self.polygons) == 0 or len(x) == 0:
             return out
@@ -336,20 +336,10 @@ class NearestIndex:
         ext = np.maximum(mid.max(0) - mid.min(0), 1.0)
         # about three segments per cell: the first rings settle most queries
         cell = float(max(math.sqrt(ext[0] * ext[1] * 3.0 / max(m, 1)), max_part / 2, 1.0))
-        self.grid = DiskIndex.build("length", seg, np.zeros(m, dtype=np.int64), 1, cell, max_cells=4_000_000)
-        self.polygons = polys
-        self._tree = None
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_tree"] = None
-        state.pop("_lock")
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
+        # the polygons ride along for the grid's point-in-polygon test (its lazily built, shared STRtree)
+        self.grid = DiskIndex.build("length", seg, np.zeros(m, dtype=np.int64), 1, cell, max_cells=4_000_000,
+                                    polygons=np.asarray(polys, dtype=object),
+                                    polygon_cat=np.zeros(len(polys), dtype=np.int64))
 
     def distance(self, x: np.ndarray, y: np.ndarray, cap: float) -> np.ndarray:
         """(n,) distance to the nearest geometry, at most ``cap``."""
@@ -362,12 +352,7 @@ class NearestIndex:
         if len(g.data):
             nearest_distances(x, y, float(cap), g.x0, g.y0, g.cell, g.nrows, g.ncols, g.h, g.cell_start,
                               np.ascontiguousarray(g.data), out)
-        if len(self.polygons) and len(x):
-            with self._lock:
-                if self._tree is None:
-                    self._tree = shapely.STRtree(self.polygons)
-            qi, _ = self._tree.query(shapely.points(x, y), predicate="within")
-            out[qi] = 0.0
+        out[g.winding(x, y)[:, 0] > 0] = 0.0  # inside a polygon
         return out
 
 

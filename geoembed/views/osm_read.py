@@ -63,10 +63,13 @@ def osm_config_file(keys: list[str]) -> str:
     key = tuple(keys)
     if key in _OSM_CONFIGS and Path(_OSM_CONFIGS[key]).is_file():
         return _OSM_CONFIGS[key]
-    default = Path(pyogrio.__file__).parent / "gdal_data" / "osmconf.ini"
+    default = Path(pyogrio.get_gdal_data_path() or "") / "osmconf.ini"
     cfg = configparser.ConfigParser(interpolation=None, strict=False)
     cfg.optionxform = str  # keys are case-sensitive
-    cfg.read(default)
+    if not cfg.read(default) or not cfg.has_option("general", "closed_ways_are_polygons"):
+        # without GDAL's defaults, closed ways would not become polygons: refuse rather than misread
+        raise InputError(f"GDAL's OSM driver configuration {default} is missing or unreadable; set GDAL_DATA "
+                         "to GDAL's data folder to read .osm.pbf files")
     for layer in PBF_LAYERS:
         if not cfg.has_section(layer):
             cfg.add_section(layer)

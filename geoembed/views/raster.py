@@ -876,10 +876,11 @@ def resolve_sources(cfg: RasterViewConfig) -> tuple[list[RasterSource], list[dic
                 "res": list(ds.res),
                 "shape": [ds.height, ds.width],
                 "bounds": list(ds.bounds),
+                "files": [str(f) for f in ds.files],
             })
         sources.append(RasterSource(p, bands, override))
     for info in infos:
-        info["fingerprint"] = raster_fingerprint(info["path"])
+        info["fingerprint"] = raster_fingerprint(info["path"], files=info.pop("files"))
     return sources, infos
 
 
