@@ -59,9 +59,10 @@ def main() -> None:
     import dask
     from pyproj import Transformer
 
+    from geoembed.geo import utm_crs as metric_crs
     from geoembed.runtime import run_tasks
     from geoembed.testing.osm import synthetic_features
-    from geoembed.views.osm import metric_crs, prepare_osm, save_prepared
+    from geoembed.views.osm import prepare_osm, save_prepared
     from geoembed.views.osm_catalogue import load_catalogue
 
     os.environ.setdefault("GEOEMBED_NO_PROGRESS", "1")
@@ -82,7 +83,7 @@ def main() -> None:
     lon = centre[0] + lx / (111_320 * np.cos(np.radians(centre[1])))
     lat = centre[1] + ly / 111_320
     if args.order == "spatial":
-        from geoembed.locations import morton_order
+        from geoembed.geo import morton_order
 
         o = morton_order(lon, lat)
         lon, lat = lon[o], lat[o]

@@ -88,8 +88,8 @@ def read_all(path: Path, workers: int) -> tuple[float, float]:
 def locations(n: int, size: int, chip: int, seed: int = 0):
     import pyproj
 
+    from geoembed.geo import hilbert_order as spatial_order
     from geoembed.io.locations import make_locations
-    from geoembed.views.raster import spatial_order
 
     rng = np.random.default_rng(seed)
     m = chip  # keep chips inside the raster

@@ -16,14 +16,22 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import shapely
-from pyproj import CRS, Transformer
+from pyproj import Transformer
 
 from geoembed.config.build import LocationsConfig, RegionConfig, WeightConfig
 from geoembed.errors import InputError
+from geoembed.geo import (
+    east_of_antimeridian,
+    grid_blocks,
+    local_crs,
+    morton_order,
+    split_at_antimeridian,
+    to_local_metres,
+    wrap_lon,
+)
 from geoembed.io.atomic import file_fingerprint
 from geoembed.io.locations import make_locations
-from geoembed.io.rasters import open_raster, raster_footprint, wrap_longitudes
-from geoembed.lonlat import continuous_lon, east_of_antimeridian, wrap_lon
+from geoembed.io.rasters import open_raster, raster_footprint
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +52,6 @@ class SampleReport:
     def as_dict(self) -> dict:
         return {"requested": self.requested, "drawn": self.drawn,
                 "excluded_no_coverage": self.excluded_no_coverage, "kept": self.kept, "notes": self.notes}
-
-
-# ---------------------------------------------------------------------------- geometry helpers
-def local_metric_crs(lon: float, lat: float) -> CRS:
-    """A transverse Mercator projection centred on (lon, lat): metres, negligible distortion locally."""
-    return CRS.from_proj4(f"+proj=tmerc +lat_0={lat:.8f} +lon_0={lon:.8f} +k=1 +x_0=0 +y_0=0 +ellps=WGS84 +units=m")
-
-
-def to_local_metres(lon: np.ndarray, lat: np.ndarray, crs: CRS) -> tuple[np.ndarray, np.ndarray]:
-    """Project degrees to the given metric CRS."""
-    tr = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    return tr.transform(np.asarray(lon, float), np.asarray(lat, float))
 
 
 def read_vector(path: str | os.PathLike) -> gpd.GeoDataFrame:
@@ -79,7 +75,7 @@ def region_geometry(region: RegionConfig):
     if region.bbox is not None:
         x0, y0, x1, y1 = region.bbox
         if x0 > x1:  # across the antimeridian: the parts on either side
-            return wrap_longitudes(shapely.box(x0, y0, x1 + 360.0, y1))
+            return split_at_antimeridian(shapely.box(x0, y0, x1 + 360.0, y1))
         return shapely.box(x0, y0, x1, y1)
     if region.polygon is not None:
         gdf = read_vector(region.polygon)
@@ -164,7 +160,7 @@ def _points_sampler(weight: WeightConfig, rng: np.random.Generator):
     gdf = read_vector(weight.points)
     pts = gdf.geometry.representative_point()
     plon, plat = pts.x.to_numpy(), pts.y.to_numpy()
-    crs = local_metric_crs(float(wrap_lon(np.mean(continuous_lon(plon)))), float(np.mean(plat)))
+    crs = local_crs(plon, plat)
     px, py = to_local_metres(plon, plat, crs)
     back = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
 
@@ -272,32 +268,6 @@ def read_points_table(cfg: LocationsConfig) -> tuple[np.ndarray, np.ndarray, np.
 
 
 # ---------------------------------------------------------------------------- blocks and order
-def spatial_blocks(lon: np.ndarray, lat: np.ndarray, block_size_m: float) -> np.ndarray:
-    """Square blocks of ``block_size_m`` in a local transverse Mercator centred on the points."""
-    crs = local_metric_crs(float(wrap_lon(np.mean(continuous_lon(lon)))), float(np.mean(lat)))
-    x, y = to_local_metres(lon, lat, crs)
-    ix = np.floor(np.asarray(x) / block_size_m).astype(np.int64)
-    iy = np.floor(np.asarray(y) / block_size_m).astype(np.int64)
-    return (ix + (1 << 20)) * (1 << 21) + (iy + (1 << 20))
-
-
-def morton_order(lon: np.ndarray, lat: np.ndarray, bits: int = 16) -> np.ndarray:
-    """Row order along a Z-order curve of the points' extent (keeps chunks spatially compact)."""
-    def spread(v: np.ndarray) -> np.ndarray:
-        v = v.astype(np.uint64)
-        out = np.zeros_like(v)
-        for b in range(bits):
-            out |= ((v >> np.uint64(b)) & np.uint64(1)) << np.uint64(2 * b)
-        return out
-
-    def quant(v: np.ndarray) -> np.ndarray:
-        lo, hi = float(v.min()), float(v.max())
-        return np.floor((v - lo) / max(hi - lo, 1e-12) * ((1 << bits) - 1)).astype(np.int64)
-
-    key = spread(quant(continuous_lon(lon))) | (spread(quant(lat)) << np.uint64(1))
-    return np.argsort(key, kind="stable")
-
-
 def make_location_table(cfg: LocationsConfig, footprints: list, seed: int) -> tuple[gpd.GeoDataFrame, dict]:
     """Sample (or read) locations, drop those without coverage, add blocks, order along a Z-curve."""
     if cfg.points is not None:
@@ -316,7 +286,7 @@ def make_location_table(cfg: LocationsConfig, footprints: list, seed: int) -> tu
     order = morton_order(lon, lat)
     lon, lat = lon[order], lat[order]
     ids = np.arange(len(lon), dtype=np.int64) if ids is None else ids[order]
-    blocks = spatial_blocks(lon, lat, cfg.block_size_m)
+    blocks = grid_blocks(lon, lat, cfg.block_size_m)
     gdf = make_locations(ids, lon, lat, blocks)
     if report.excluded_no_coverage:
         log.info("excluded %d locations outside raster coverage", report.excluded_no_coverage)

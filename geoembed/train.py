@@ -47,8 +47,8 @@ from torch import nn
 from geoembed.config import Config, load_config, save_resolved
 from geoembed.config.train import TrainConfig, ViewEncoderConfig
 from geoembed.errors import ConfigError, InputError
+from geoembed.geo import continuous_lon, grid_blocks, training_footprint, wrap_lon
 from geoembed.io.atomic import atomic_path, atomic_write_text, file_fingerprint, text_fingerprint
-from geoembed.lonlat import continuous_lon, wrap_lon
 from geoembed.nn.encodings import EARTH_RADIUS_M
 from geoembed.nn.fusion import FusionHead
 from geoembed.nn.losses import ContrastiveLoss
@@ -213,15 +213,6 @@ def _view_configs(cfg: Config) -> list[ViewEncoderConfig]:
     return [ViewEncoderConfig(view=n) for n in names]
 
 
-def _grid_blocks(lon: np.ndarray, lat: np.ndarray, size_m: float) -> np.ndarray:
-    lon = continuous_lon(lon)
-    lat0 = math.radians(float(np.mean(lat)))
-    x = np.radians(lon - np.mean(lon)) * EARTH_RADIUS_M * math.cos(lat0)
-    y = np.radians(lat) * EARTH_RADIUS_M
-    ix, iy = np.floor(x / size_m).astype(np.int64), np.floor(y / size_m).astype(np.int64)
-    return (ix - ix.min()) * (iy.max() - iy.min() + 1) + (iy - iy.min())
-
-
 def load_training_data(cfg: Config, device: str = "cpu") -> TrainData:
     """Read ``locations.parquet`` and the configured views of ``cfg.workdir`` (checked row-aligned)."""
     from geoembed.io.locations import read_locations
@@ -235,7 +226,7 @@ def load_training_data(cfg: Config, device: str = "cpu") -> TrainData:
     if "block_id" in locs.columns:
         blocks = locs["block_id"].to_numpy(np.int64)
     else:
-        blocks = _grid_blocks(lon, lat, cfg.train.block_size_m)
+        blocks = grid_blocks(lon, lat, cfg.train.block_size_m)
     views = {vc.view: _load_view(workdir, vc, ids, device) for vc in _view_configs(cfg)}
     fp = text_fingerprint({"locations": file_fingerprint(loc_path),
                            "views": {k: v.fingerprint for k, v in views.items()}})
@@ -716,18 +707,6 @@ def _run_fingerprint(cfg: Config, data_fp: str, seed: int) -> str:
     return text_fingerprint({"train": tc, "seed": seed, "data": data_fp})
 
 
-def _footprint(lon: np.ndarray, lat: np.ndarray):
-    """Convex hull of the training locations in lon/lat (split at the antimeridian when they cross it)."""
-    import shapely
-
-    from geoembed.io.rasters import wrap_longitudes
-
-    hull = shapely.MultiPoint(np.column_stack([continuous_lon(lon), lat])).convex_hull
-    if hull.geom_type != "Polygon" or hull.area == 0:
-        hull = hull.buffer(1e-3)
-    return wrap_longitudes(hull)
-
-
 def train(cfg: Config, *, resume: bool = True, overwrite: bool = False,
           stop_after_epochs: int | None = None, data: TrainData | None = None) -> dict:
     """Train per ``cfg.train`` on ``cfg.workdir``; returns a summary (paths, best epoch, metrics).
@@ -909,7 +888,7 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
         enc = model.coord.to("cpu").eval()
         from geoembed.io.bundle import save_bundle
 
-        bundle = save_bundle(workdir / BUNDLE_DIR, enc, enc.spec, footprint=_footprint(lon_np, lat_np),
+        bundle = save_bundle(workdir / BUNDLE_DIR, enc, enc.spec, footprint=training_footprint(lon_np, lat_np),
                              out_of_support_km=tc.out_of_support_km, config=cfg.model_dump(mode="json"),
                              metrics=metrics, data_fingerprint=data.fingerprint)
         summary["bundle"] = str(bundle)

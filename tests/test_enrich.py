@@ -21,8 +21,8 @@ from geoembed.enrich.core import (
     load_bundle_cached,
     read_enrich_metadata,
 )
-from geoembed.enrich.support import SupportIndex, haversine_km
 from geoembed.errors import GeoembedError, InputError
+from geoembed.geo import SupportIndex, haversine_km
 from geoembed.testing.bundles import OLINDA_BOX as FOOTPRINT
 from geoembed.testing.bundles import TINY_EMB as EMB
 

@@ -25,13 +25,30 @@ def test_random_folds_balanced_and_seeded():
 
 
 def test_grid_blocks_are_square_cells_in_metres():
-    # points 0 and 1 are ~700 m apart east-west at the equator; 2 is ~1.4 km east, 3 ~1.4 km north
-    lon = np.array([0.0, 0.0063, 0.0126, 0.0])
-    lat = np.array([0.0, 0.0, 0.0, 0.0126])
+    from geoembed import geo
+
+    rng = np.random.default_rng(0)
+    lon, lat = rng.uniform(-0.05, 0.05, 500), rng.uniform(-0.05, 0.05, 500)  # ~11 x 11 km at the equator
     b = S.grid_blocks(lon, lat, 1000.0)
-    assert b[0] == b[1] != b[2]
-    assert b[3] != b[0]
-    assert len(np.unique(S.grid_blocks(lon, lat, 10_000.0))) == 1
+    x, y = geo.project_local(lon, lat)
+    cell = np.floor(x / 1000.0) * 100_000 + np.floor(y / 1000.0)
+    # same block exactly when the same 1 km cell of the local projection
+    assert np.array_equal(b[:, None] == b[None, :], cell[:, None] == cell[None, :])
+    assert 100 <= len(np.unique(b)) <= 144
+    assert len(np.unique(S.grid_blocks(lon, lat, 100_000.0))) <= 4
+
+
+def test_grid_blocks_across_the_antimeridian():
+    # 400 points within 0.05 degrees of 180: the same blocks as the locations stage, a few km each
+    rng = np.random.default_rng(1)
+    lon = np.where(rng.random(400) < 0.5, rng.uniform(179.95, 180.0, 400), rng.uniform(-180.0, -179.95, 400))
+    lat = rng.uniform(-17.05, -16.95, 400)
+    b = S.grid_blocks(lon, lat, 2000.0)
+    assert len(np.unique(b)) <= 40
+    from geoembed.geo import project_local
+
+    x, _ = project_local(lon, lat)
+    assert np.ptp(x) < 12_000  # one continuous projection, not +-12,755 km
 
 
 @pytest.mark.parametrize("method,extra", [("grid", {"block_size_m": 1500}), ("h3", {"h3_resolution": 7}),
@@ -62,7 +79,7 @@ def test_h3_blocks_match_h3_parent_cells(table):
 
 def test_too_few_blocks_is_a_clear_error(table):
     cfg = SplitConfig(kind="spatial_block", n_folds=5, block_method="grid", block_size_m=50_000)
-    with pytest.raises(InputError, match="only 1 non-empty blocks for 5 folds"):
+    with pytest.raises(InputError, match=r"only \d non-empty blocks for 5 folds"):
         S.assign_folds(table, cfg)
 
 

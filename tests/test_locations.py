@@ -11,9 +11,11 @@ from rasterio.transform import from_origin
 
 from geoembed.config import parse_config
 from geoembed.errors import InputError
+from geoembed.geo import grid_blocks as spatial_blocks
+from geoembed.geo import morton_order
 from geoembed.io.locations import read_locations, read_locations_meta, write_locations
 from geoembed.io.rasters import raster_footprint
-from geoembed.locations import make_location_table, morton_order, spatial_blocks
+from geoembed.locations import make_location_table
 
 
 def _raster(path, data, crs="EPSG:4326", origin=(10.0, 50.0), res=0.01):

@@ -15,11 +15,12 @@ from pyproj import Transformer
 
 from geoembed.config.build import DaskConfig, OsmViewConfig
 from geoembed.errors import ConfigError, InputError
+from geoembed.geo import utm_crs as metric_crs
 from geoembed.io.locations import make_locations
 from geoembed.io.viewstore import ViewStore
 from geoembed.testing.osm import synthetic_features, write_features_parquet, write_osm_xml
 from geoembed.views import osm as osm_mod
-from geoembed.views.osm import build_osm_view, compute_osm_chunk, metric_crs, prepare_osm
+from geoembed.views.osm import build_osm_view, compute_osm_chunk, prepare_osm
 from geoembed.views.osm_catalogue import load_catalogue, parse_catalogue
 from geoembed.views.osm_geom import (
     HEX_MASK,

@@ -11,6 +11,7 @@ import numpy as np
 import pyproj
 import pytest
 
+from geoembed import geo
 from geoembed.io import tilecache
 from geoembed.io.tilecache import TileCache, tile_cache
 from geoembed.testing.rasters import from_origin, write_geotiff
@@ -66,7 +67,7 @@ def test_each_block_is_decoded_once_across_chunks_and_threads(tmp_path):
     path = _random_raster(tmp_path / "r.tif", "uint8", None, size=640, block=64)
     rng = np.random.default_rng(3)
     rows, cols = rng.uniform(10, 630, 4000), rng.uniform(10, 630, 4000)
-    order = rv.spatial_order(cols, rows)
+    order = geo.hilbert_order(cols, rows)
     lon, lat = _lonlat(rows[order], cols[order])
     src = [RasterSource(str(path))]
     tile_cache().clear()

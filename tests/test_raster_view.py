@@ -17,6 +17,7 @@ import rasterio
 
 from geoembed.config.build import DaskConfig, RasterViewConfig
 from geoembed.errors import ConfigError, InputError
+from geoembed.geo import hilbert_order as spatial_order
 from geoembed.io.locations import make_locations
 from geoembed.io.tilecache import tile_cache
 from geoembed.io.viewstore import ViewStore
@@ -29,7 +30,6 @@ from geoembed.views.raster import (
     chip_pixel_coords,
     extract_chips,
     source_pixel_frame,
-    spatial_order,
 )
 
 # A UTM 33N grid whose column 100 lies on the central meridian (easting 500 000): there the local
@@ -387,9 +387,11 @@ def test_resume_recomputes_only_missing_chunks(tmp_path, rowcol, monkeypatch):
 KILL_SCRIPT = """
 import sys, numpy as np, pyproj
 from geoembed.config.build import DaskConfig, RasterViewConfig
+from geoembed.geo import hilbert_order as spatial_order
 from geoembed.io.locations import make_locations
 from geoembed.io.tilecache import tile_cache
-from geoembed.views.raster import build_raster_view, spatial_order
+from geoembed.geo import hilbert_order as spatial_order
+from geoembed.views.raster import build_raster_view
 src, out = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(7)
 x = 500000 - 2000 * 30 + rng.uniform(100, 1900, 12000) * 30

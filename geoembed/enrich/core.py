@@ -35,7 +35,6 @@ import pyarrow as pa
 
 from geoembed.enrich import hygiene as hy
 from geoembed.enrich.reduction import Reduction
-from geoembed.enrich.support import SupportIndex
 from geoembed.enrich.tables import (
     CsvSink,
     CsvSource,
@@ -47,6 +46,7 @@ from geoembed.enrich.tables import (
     table_format,
 )
 from geoembed.errors import GeoembedError, InputError
+from geoembed.geo import SupportIndex
 from geoembed.io.atomic import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)

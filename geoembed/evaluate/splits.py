@@ -10,51 +10,29 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from geoembed import geo
 from geoembed.config.evaluate import SplitConfig
 from geoembed.errors import ConfigError, InputError
 
 
-def project_local(lon, lat) -> tuple[np.ndarray, np.ndarray]:
-    """Project lon/lat degrees to metres in a Lambert azimuthal equal-area CRS centred on the points."""
-    from pyproj import Transformer
-
-    lon = np.asarray(lon, dtype=float)
-    lat = np.asarray(lat, dtype=float)
-    lon0, lat0 = float(np.nanmean(lon)), float(np.nanmean(lat))
-    crs = f"+proj=laea +lat_0={lat0:.6f} +lon_0={lon0:.6f} +x_0=0 +y_0=0 +ellps=WGS84 +units=m +no_defs"
-    tr = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
-    x, y = tr.transform(lon, lat)
-    return np.asarray(x), np.asarray(y)
-
-
 def grid_blocks(lon, lat, size_m: float) -> np.ndarray:
-    """Block id of each point: its cell in a square grid of ``size_m`` metres (local equal-area projection)."""
-    if size_m <= 0:
+    """Block id of each point: its cell in a square grid of ``size_m`` metres (:func:`geoembed.geo.grid_blocks`,
+    the grid the locations stage uses; safe across the antimeridian)."""
+    if not size_m > 0:
         raise ConfigError(f"split.block_size_m must be > 0, got {size_m}")
-    x, y = project_local(lon, lat)
-    ix = np.floor((x - x.min()) / size_m).astype(np.int64)
-    iy = np.floor((y - y.min()) / size_m).astype(np.int64)
-    return ix * (int(iy.max()) + 1) + iy
+    return geo.grid_blocks(lon, lat, size_m)
 
 
 def h3_blocks(lon, lat, resolution: int) -> np.ndarray:
-    """Block id of each point: the int64 id of its H3 cell at ``resolution`` (the H3 parent)."""
-    import h3
-
-    lon = np.asarray(lon, dtype=float)
-    lat = np.asarray(lat, dtype=float)
-    # h3-py has no vectorised indexer; index unique coordinates only (C call per point).
-    coords, inverse = np.unique(np.column_stack([lat, lon]), axis=0, return_inverse=True)
-    cells = np.fromiter((h3.str_to_int(h3.latlng_to_cell(a, b, resolution)) for a, b in coords),
-                        dtype=np.uint64, count=len(coords))
-    return cells.astype(np.int64)[inverse.ravel()]
+    """Block id of each point: the int64 id of its H3 cell at ``resolution``."""
+    return geo.h3_cells(lon, lat, resolution)
 
 
 def kmeans_blocks(lon, lat, n_blocks: int, seed: int = 0) -> np.ndarray:
     """Block id of each point: its k-means cluster (``n_blocks`` clusters of projected coordinates)."""
     from sklearn.cluster import KMeans
 
-    x, y = project_local(lon, lat)
+    x, y = geo.project_local(lon, lat)
     xy = np.column_stack([x, y])
     n_unique = len(np.unique(xy, axis=0))
     if n_unique < n_blocks:

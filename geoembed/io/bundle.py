@@ -203,18 +203,11 @@ class Bundle:
         return out
 
     def distance_to_footprint_km(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-        """Approximate great-circle distance (km) from each point to the training footprint (0 inside)."""
-        import shapely
-        from pyproj import Transformer
+        """Distance (km) from each point to the training footprint: 0 inside, NaN for non-finite input
+        (:class:`geoembed.geo.SupportIndex`, also across the antimeridian)."""
+        from geoembed.geo import SupportIndex
 
-        fp = self.footprint
-        c = fp.centroid
-        tr = Transformer.from_crs(
-            "EPSG:4326", f"+proj=aeqd +lat_0={c.y} +lon_0={c.x} +R=6371008.8 +units=m", always_xy=True
-        )
-        x, y = tr.transform(np.asarray(lon, float), np.asarray(lat, float))
-        fx = shapely.transform(fp, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
-        return shapely.distance(shapely.points(x, y), fx) / 1000.0
+        return SupportIndex(self.footprint).distance_km(lon, lat)
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:

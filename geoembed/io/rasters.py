@@ -10,6 +10,7 @@ import rasterio
 from rasterio.errors import RasterioIOError
 
 from geoembed.errors import InputError
+from geoembed.geo.lon import split_at_antimeridian
 
 
 def open_raster(path: str | os.PathLike):
@@ -75,22 +76,4 @@ def raster_footprint(path: str | os.PathLike, densify: int = 21):
     # a continuous ring (no jump of ~360 degrees where an edge crosses the antimeridian)
     lon = np.unwrap(np.asarray(lon, dtype=np.float64), period=360.0)
     ring = shapely.make_valid(shapely.Polygon(np.column_stack([lon, lat])))
-    return wrap_longitudes(ring)
-
-
-def wrap_longitudes(geom):
-    """A lon/lat geometry whose longitudes may leave [-180, 180] cut at the antimeridian and its
-    parts shifted by multiples of 360 degrees into [-180, 180] (unchanged when already inside)."""
-    import shapely
-    from shapely import affinity
-
-    x0, _, x1, _ = geom.bounds
-    if x0 >= -180.0 and x1 <= 180.0:
-        return geom
-    world = shapely.box(-180.0, -90.0, 180.0, 90.0)
-    parts = []
-    for k in range(int(np.floor((x0 + 180.0) / 360.0)), int(np.floor((x1 + 180.0) / 360.0)) + 1):
-        part = shapely.intersection(affinity.translate(geom, xoff=-360.0 * k), world)
-        if not part.is_empty and part.area > 0:
-            parts.append(part)
-    return shapely.make_valid(shapely.union_all(parts))
+    return split_at_antimeridian(ring)

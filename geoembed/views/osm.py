@@ -50,6 +50,7 @@ import shapely
 
 from geoembed.config.build import DaskConfig, OsmViewConfig
 from geoembed.errors import InputError
+from geoembed.geo import h3_cells, utm_crs
 from geoembed.io.atomic import source_fingerprint, text_fingerprint
 from geoembed.io.viewstore import ArraySpec, ViewStore
 from geoembed.views.osm_catalogue import Catalogue, load_catalogue
@@ -58,7 +59,6 @@ from geoembed.views.osm_geom import (
     HEX_STENCIL,
     DiskIndex,
     NearestIndex,
-    h3_cells,
     hex_tensor,
     line_segments,
     polygon_edges,
@@ -76,7 +76,6 @@ __all__ = [
     "build_osm_view",
     "compute_osm_chunk",
     "load_prepared",
-    "metric_crs",
     "prepare_osm",
     "save_prepared",
 ]
@@ -84,23 +83,6 @@ __all__ = [
 VIEW_VERSION = 1
 #: Default longest line segment / polygon edge, in grid cells (see :func:`prepare_osm`).
 MAX_PART_CELLS = 1.0
-
-
-def metric_crs(lon: np.ndarray, lat: np.ndarray):
-    """The UTM CRS of the centre of the points' extent (a pyproj CRS)."""
-    from pyproj import CRS
-    from pyproj.aoi import AreaOfInterest
-    from pyproj.database import query_utm_crs_info
-
-    from geoembed.lonlat import continuous_lon, wrap_lon
-
-    lon = continuous_lon(np.asarray(lon, dtype=float))  # an extent across the antimeridian stays whole
-    lat = np.asarray(lat, dtype=float)
-    cx, cy = float(wrap_lon((lon.min() + lon.max()) / 2)), (lat.min() + lat.max()) / 2
-    info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(cx, cy, cx, cy))
-    if not info:
-        raise InputError(f"no UTM zone for the point extent centred at lon {cx}, lat {cy}")
-    return CRS.from_epsg(int(info[0].code))
 
 
 @dataclass
@@ -232,7 +214,7 @@ def prepare_osm(
         hf = np.unique(fi[sel])
         rep_ll = representative_points(geom_ll[hf])
         cell_of = np.zeros(len(geom), dtype=np.int64)
-        cell_of[hf] = h3_cells(rep_ll[:, 1], rep_ll[:, 0], h3_resolution)
+        cell_of[hf] = h3_cells(rep_ll[:, 0], rep_ll[:, 1], h3_resolution)
         key = cell_of[fi[sel]]
         hex_cells, inv = np.unique(key, return_inverse=True)
         hex_counts = np.zeros((len(hex_cells), len(hex_cats)), dtype=np.float32)
@@ -305,7 +287,7 @@ def compute_osm_chunk(
     n_rad = len(cat.radius_feature_names(prep.radii_m))
     n_cat = len(cat.names)
     if "hex" in parts:
-        out["hex"] = hex_tensor(h3_cells(lat, lon, prep.h3_resolution), prep.hex_cells, prep.hex_counts,
+        out["hex"] = hex_tensor(h3_cells(lon, lat, prep.h3_resolution), prep.hex_cells, prep.hex_counts,
                                 cache=prep._hex_cache)
     else:
         out["hex"] = np.full((n, n_hex, 7, 7), np.nan, np.float32)
@@ -433,7 +415,7 @@ def build_osm_view(
     source_fp = source_fingerprint(src)
     lon = locations["lon"].to_numpy(dtype=np.float64)
     lat = locations["lat"].to_numpy(dtype=np.float64)
-    crs = metric_crs(lon, lat)
+    crs = utm_crs(lon, lat)
     radius_names = catalogue.radius_feature_names(cfg.radii_m)
     attrs = {
         "source": str(src),

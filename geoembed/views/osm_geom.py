@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import shapely
 
+from geoembed.geo import h3_disks
+
 HEX_OFFSETS = np.array([(di, dj) for di in range(-3, 4) for dj in range(-3, 4) if abs(di - dj) <= 3],
                        dtype=np.int64)
 HEX_MASK = np.zeros((7, 7), dtype=np.float32)
@@ -357,35 +359,10 @@ class NearestIndex:
 
 
 # ---------------------------------------------------------------------------- H3
-def h3_cells(lat: np.ndarray, lon: np.ndarray, res: int) -> np.ndarray:
-    """H3 cell ids (int64) of points at resolution ``res``."""
-    import h3.api.basic_int as h3i
-
-    f = h3i.latlng_to_cell
-    return np.fromiter((f(a, o, res) for a, o in zip(np.asarray(lat, float).tolist(),
-                                                      np.asarray(lon, float).tolist(), strict=True)),
-                       dtype=np.uint64, count=len(lat)).astype(np.int64)
-
-
 def hex_neighbourhood(cells: np.ndarray) -> np.ndarray:
     """(n, 37) cell ids at :data:`HEX_OFFSETS` around each (unique) cell; -1 where H3 has no local IJ
     cell there (pentagon distortion)."""
-    import h3.api.basic_int as h3i
-
-    out = np.full((len(cells), len(HEX_OFFSETS)), -1, dtype=np.int64)
-    offs = HEX_OFFSETS.tolist()
-    for u, c in enumerate(np.asarray(cells, dtype=np.int64).astype(np.uint64).tolist()):
-        try:
-            i0, j0 = h3i.cell_to_local_ij(c, c)
-        except Exception:  # noqa: BLE001 - h3 raises its own error types
-            continue
-        row = out[u]
-        for k, (di, dj) in enumerate(offs):
-            try:
-                row[k] = h3i.local_ij_to_cell(c, i0 + di, j0 + dj)
-            except Exception:  # noqa: BLE001
-                pass
-    return out
+    return h3_disks(cells, HEX_OFFSETS)
 
 
 def hex_tensor(loc_cells: np.ndarray, feat_cells: np.ndarray, feat_counts: np.ndarray,

@@ -70,7 +70,7 @@ Row order
     Store row i is ``locations`` row i. Chunks are contiguous row ranges of ``dask.chunk_size``
     rows (fewer for large chips: at most 64 MB of chips per chunk), so the build is fastest when
     the caller passes locations in a spatial order (the sampler sorts by a space-filling key;
-    :func:`spatial_order` gives a Hilbert order).
+    :func:`geoembed.geo.hilbert_order` gives a Hilbert order).
 """
 
 from __future__ import annotations
@@ -119,7 +119,6 @@ __all__ = [
     "extract_chips",
     "resolve_sources",
     "source_pixel_frame",
-    "spatial_order",
 ]
 
 
@@ -387,32 +386,6 @@ def chip_pixel_coords(
         v += a[:, 3, None, None] * (dy[:, None] * dx[None, :])
         out.append(v)
     return out[0], out[1]
-
-
-def spatial_order(lon: np.ndarray, lat: np.ndarray, bits: int = 16) -> np.ndarray:
-    """Indexes that sort points along a Hilbert curve over their bounding box (stable)."""
-    lon = np.asarray(lon, dtype=np.float64)
-    lat = np.asarray(lat, dtype=np.float64)
-    n_side = 1 << bits
-
-    def scale(v):
-        lo, hi = np.min(v), np.max(v)
-        return np.clip(((v - lo) / max(hi - lo, 1e-12) * (n_side - 1)).astype(np.int64), 0, n_side - 1)
-
-    x, y = scale(lon), scale(lat)
-    d = np.zeros(len(x), dtype=np.int64)
-    s = n_side >> 1
-    while s > 0:
-        rx = (x & s) > 0
-        ry = (y & s) > 0
-        d += s * s * ((3 * rx.astype(np.int64)) ^ ry.astype(np.int64))
-        flip = ~ry & rx
-        x = np.where(flip, n_side - 1 - x, x)
-        y = np.where(flip, n_side - 1 - y, y)
-        swap = ~ry
-        x, y = np.where(swap, y, x), np.where(swap, x, y)
-        s >>= 1
-    return np.argsort(d, kind="stable")
 
 
 # --------------------------------------------------------------------------- windows

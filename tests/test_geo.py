@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geoembed.lonlat import continuous_lon, lon_extent, unwrap_lon, wrap_lon
+from geoembed.geo import continuous_lon, lon_extent, unwrap_lon, wrap_lon
 
 
 def test_ordinary_extents_are_min_max_bit_for_bit():
@@ -26,7 +26,7 @@ def test_extent_across_the_antimeridian():
 
 
 def test_spatial_blocks_across_the_antimeridian_are_local():
-    from geoembed.locations import spatial_blocks
+    from geoembed.geo import grid_blocks as spatial_blocks
 
     # 2 km blocks: points 1 km apart on either side of 180 (at the equator) share or neighbour a block
     lon = np.array([179.9955, -179.9955, 179.99, -179.99])
@@ -37,8 +37,8 @@ def test_spatial_blocks_across_the_antimeridian_are_local():
 
 
 def test_training_footprint_and_support_across_the_antimeridian():
-    from geoembed.enrich.support import SupportIndex, haversine_km
-    from geoembed.train import _footprint
+    from geoembed.geo import SupportIndex, haversine_km
+    from geoembed.geo import training_footprint as _footprint
 
     rng = np.random.default_rng(0)
     lon = wrap_lon(rng.uniform(178.0, 182.0, 500))  # Fiji-like: both sides of 180
@@ -52,3 +52,27 @@ def test_training_footprint_and_support_across_the_antimeridian():
     east = lon[lon < 0].max()
     d = s.distance_km(np.r_[east + 1.0], np.r_[-17.0])[0]
     assert d == pytest.approx(haversine_km(east, -17.0, east + 1.0, -17.0), rel=0.05)
+
+
+def test_bundle_distance_to_a_footprint_across_the_antimeridian(tmp_path):
+    """Bundle.distance_to_footprint_km agrees with the support index for a footprint split at 180
+    (it once projected the split footprint around its centroid near 0 and reported ~5,750 km)."""
+    from geoembed.geo import SupportIndex, haversine_km, training_footprint
+    from geoembed.io.bundle import build_coordinate_encoder, load_bundle, save_bundle
+
+    rng = np.random.default_rng(0)
+    lon = wrap_lon(rng.uniform(178.0, 182.0, 500))
+    lat = rng.uniform(-18.0, -16.0, 500)
+    fp = training_footprint(lon, lat)
+    spec = {"encodings": [{"type": "spherical_harmonics", "degrees": 4}], "network": {"type": "mlp", "hidden": [8]},
+            "embedding_dim": 4}
+    enc = build_coordinate_encoder(spec)
+    save_bundle(tmp_path / "b", enc, enc.spec, footprint=fp, out_of_support_km=5.0, config={}, metrics={},
+                data_fingerprint="test")
+    b = load_bundle(tmp_path / "b")
+    west = lon[lon > 0].min()
+    q_lon, q_lat = np.r_[west - 1.0, 179.9], np.r_[-17.0, -17.0]
+    d = b.distance_to_footprint_km(q_lon, q_lat)
+    np.testing.assert_allclose(d, SupportIndex(fp).distance_km(q_lon, q_lat), rtol=1e-9)
+    assert d[0] == pytest.approx(haversine_km(west - 1.0, -17.0, west, -17.0), rel=0.05)  # ~106 km
+    assert d[1] == 0.0

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["continuous_lon", "east_of_antimeridian", "lon_extent", "unwrap_lon", "wrap_lon"]
+__all__ = ["continuous_lon", "east_of_antimeridian", "lon_extent", "split_at_antimeridian", "unwrap_lon",
+           "wrap_lon"]
 
 
 def lon_extent(lon: np.ndarray) -> tuple[float, float]:
@@ -75,3 +76,21 @@ def east_of_antimeridian(geom):
     parts = shapely.get_parts(geom)
     moved = shapely.union_all([affinity.translate(p, xoff=360.0) if p.bounds[2] <= 0.0 else p for p in parts])
     return moved if moved.bounds[2] - moved.bounds[0] < x1 - x0 else geom
+
+
+def split_at_antimeridian(geom):
+    """A lon/lat geometry whose longitudes may leave [-180, 180] cut at the antimeridian and its
+    parts shifted by multiples of 360 degrees into [-180, 180] (unchanged when already inside)."""
+    import shapely
+    from shapely import affinity
+
+    x0, _, x1, _ = geom.bounds
+    if x0 >= -180.0 and x1 <= 180.0:
+        return geom
+    world = shapely.box(-180.0, -90.0, 180.0, 90.0)
+    parts = []
+    for k in range(int(np.floor((x0 + 180.0) / 360.0)), int(np.floor((x1 + 180.0) / 360.0)) + 1):
+        part = shapely.intersection(affinity.translate(geom, xoff=-360.0 * k), world)
+        if not part.is_empty and part.area > 0:
+            parts.append(part)
+    return shapely.make_valid(shapely.union_all(parts))

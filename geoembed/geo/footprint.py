@@ -1,19 +1,21 @@
-"""Distance from each point to the model's training footprint, in km (0 inside).
+"""Training footprints and distances to them: great-circle and azimuthal-equidistant distances, and a
+vectorised support index (containment and distance to a footprint, 0 inside).
 
-The footprint is a shapely (Multi)Polygon in EPSG:4326. Containment is tested in degrees (that is how
-the footprint is defined) with a prepared geometry, so points inside cost almost nothing. Points
-outside are projected, together with the (densified) footprint, to a spherical azimuthal equidistant
-projection centred on the footprint, and the planar distance there is reported. Distances from the
-centre are exact in that projection, so the error is small wherever the footprint is small compared
-with the distance (and within a few percent for a continent-sized footprint and points on another
-continent): "geodesic-ish", good for a support flag. Everything is vectorised (numpy, shapely 2).
+The footprint is a shapely (Multi)Polygon in EPSG:4326 with longitudes in [-180, 180], split at the
+antimeridian when it crosses it. Containment is tested in degrees (that is how the footprint is defined)
+with a prepared geometry, so points inside cost almost nothing. Points outside are projected, with the
+densified footprint taken as one continuous shape, to a spherical azimuthal equidistant projection
+centred on the footprint, and the planar distance there is reported: exact from the centre, within a few
+percent for a continent-sized footprint and points on another continent; good for a support flag.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from geoembed.lonlat import east_of_antimeridian
+from geoembed.geo.lon import continuous_lon, east_of_antimeridian, split_at_antimeridian
+
+__all__ = ["EARTH_RADIUS_KM", "SupportIndex", "aeqd_km", "haversine_km", "training_footprint"]
 
 EARTH_RADIUS_KM = 6371.0088
 
@@ -40,6 +42,17 @@ def aeqd_km(lon: np.ndarray, lat: np.ndarray, lon0: float, lat0: float) -> tuple
     return x, y
 
 
+def training_footprint(lon: np.ndarray, lat: np.ndarray):
+    """Convex hull of the locations in lon/lat (a small buffer when degenerate), split at the
+    antimeridian when they cross it."""
+    import shapely
+
+    hull = shapely.MultiPoint(np.column_stack([continuous_lon(lon), np.asarray(lat, dtype=np.float64)])).convex_hull
+    if hull.geom_type != "Polygon" or hull.area == 0:
+        hull = hull.buffer(1e-3)
+    return split_at_antimeridian(hull)
+
+
 class SupportIndex:
     """Vectorised containment and distance-to-footprint for one training footprint."""
 
@@ -51,12 +64,10 @@ class SupportIndex:
         self.footprint = footprint
         self._prepared = shapely.from_wkb(shapely.to_wkb(footprint))
         shapely.prepare(self._prepared)
-        # a footprint split at the antimeridian is projected as one continuous shape
-        whole = east_of_antimeridian(footprint)
+        whole = east_of_antimeridian(footprint)  # a footprint split at 180 is projected as one shape
         centre = whole.centroid
         self.centre = (float(centre.x), float(centre.y))
-        # Densify in degrees so that the projected outline follows the footprint's edges.
-        dense = shapely.segmentize(whole, densify_deg)
+        dense = shapely.segmentize(whole, densify_deg)  # the projected outline follows the edges
         self._poly_km = shapely.transform(dense, lambda xy: np.column_stack(aeqd_km(xy[:, 0], xy[:, 1], *self.centre)))
         shapely.prepare(self._poly_km)
 
