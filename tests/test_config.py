@@ -68,3 +68,29 @@ def test_require_names_missing_sections():
     cfg = parse_config({})
     with pytest.raises(ConfigError, match="locations"):
         cfg.require("locations", "views")
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("locations", "n", "400"),             # a quoted number is text, not an integer
+    ("locations", "n", True),              # YAML true is no count
+    ("locations", "n", 400.5),             # a float is no integer
+    ("locations", "block_size_m", True),   # nor a length
+    ("locations", "block_size_m", "2000"),
+])
+def test_types_are_strict_and_name_the_key(tmp_path, section, key, value):
+    data = {"locations": {"region": {"bbox": [0, 0, 1, 1]}, "n": 5}}
+    data[section][key] = value
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: Input should be a valid"):
+        load_config(p)
+
+
+def test_yaml_types_that_are_legitimate_are_accepted(tmp_path):
+    p = tmp_path / "c.yaml"
+    # an integer where a float is expected, a sequence for a tuple (bbox), 1e-3 as a float (YAML 1.2)
+    p.write_text("locations:\n  region: {bbox: [0, 0, 1, 1]}\n  n: 5\n  block_size_m: 1000\n"
+                 "train:\n  lr: 1e-3\n")
+    cfg = load_config(p)
+    assert cfg.locations.block_size_m == 1000.0 and cfg.locations.region.bbox == (0.0, 0.0, 1.0, 1.0)
+    assert cfg.train.lr == pytest.approx(1e-3)

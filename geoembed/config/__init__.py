@@ -8,6 +8,7 @@ Relative paths in a config are resolved against the config file's folder.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -124,13 +125,31 @@ def parse_config(data: dict, origin: str = "<dict>", base: Path | None = None) -
         raise ConfigError(_format_errors(err, origin)) from None
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats: ``1e-3`` is a number (YAML 1.1 wants ``1.0e-3`` and
+    PyYAML reads ``1e-3`` as text), so strict types do not refuse a learning rate written the usual way."""
+
+
+_Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str):
+    """Parse YAML text as configs are parsed (safe loader, YAML 1.2 floats)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Config:
     """Read and validate a YAML config file; paths in it are relative to the file's folder."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = read_yaml(p.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
     if overrides:
