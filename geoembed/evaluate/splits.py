@@ -16,11 +16,12 @@ from geoembed.errors import ConfigError, InputError
 
 
 def grid_blocks(lon, lat, size_m: float) -> np.ndarray:
-    """Block id of each point: its cell in a square grid of ``size_m`` metres (:func:`geoembed.geo.grid_blocks`,
-    the grid the locations stage uses; safe across the antimeridian)."""
+    """Block id of each point: its cell in a square grid of ``size_m`` metres starting at the south-west
+    corner of the points (:func:`geoembed.geo.grid_blocks` with ``anchor="extent"``; safe across the
+    antimeridian)."""
     if not size_m > 0:
         raise ConfigError(f"split.block_size_m must be > 0, got {size_m}")
-    return geo.grid_blocks(lon, lat, size_m)
+    return geo.grid_blocks(lon, lat, size_m, anchor="extent")
 
 
 def h3_blocks(lon, lat, resolution: int) -> np.ndarray:

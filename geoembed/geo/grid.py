@@ -11,16 +11,27 @@ from geoembed.geo.project import project_local
 __all__ = ["grid_blocks", "h3_cells", "h3_disks", "hilbert_order", "morton_order"]
 
 
-def grid_blocks(lon: np.ndarray, lat: np.ndarray, size_m: float) -> np.ndarray:
+def grid_blocks(lon: np.ndarray, lat: np.ndarray, size_m: float, anchor: str = "origin") -> np.ndarray:
     """Block id (int64) of each point: its square cell of ``size_m`` metres in the points' own local
-    transverse Mercator (:func:`geoembed.geo.project_local`). Cells are anchored at the projection's
-    origin, so the same points give the same ids whatever else is in the set near them; sets across the
-    antimeridian are projected whole."""
+    transverse Mercator (:func:`geoembed.geo.project_local`; a set across the antimeridian is projected
+    whole).
+
+    ``anchor="origin"``: cells are aligned on the projection's origin (the locations stage; ids are stable
+    whatever else is in the set). ``anchor="extent"``: cells start at the south-west corner of the points'
+    projected extent and are numbered column by column (evaluation folds; the ids fall in
+    ``0 .. n_columns * n_rows``)."""
     if not size_m > 0:
         raise ConfigError(f"block size must be > 0 metres, got {size_m}")
     x, y = project_local(lon, lat)
-    ix = np.floor(np.asarray(x) / size_m).astype(np.int64)
-    iy = np.floor(np.asarray(y) / size_m).astype(np.int64)
+    x, y = np.asarray(x), np.asarray(y)
+    if anchor == "extent":
+        ix = np.floor((x - x.min()) / size_m).astype(np.int64)
+        iy = np.floor((y - y.min()) / size_m).astype(np.int64)
+        return ix * (int(iy.max()) + 1) + iy
+    if anchor != "origin":
+        raise ValueError(f"anchor must be 'origin' or 'extent', got {anchor!r}")
+    ix = np.floor(x / size_m).astype(np.int64)
+    iy = np.floor(y / size_m).astype(np.int64)
     return (ix + (1 << 20)) * (1 << 21) + (iy + (1 << 20))
 
 
