@@ -173,6 +173,22 @@ def test_config_validation_through_the_registry(registries):
         registry.register_view_kind("waves", config=WavesConfig, view=WavesView, encoder="mlp")
 
 
+def test_builtin_kinds_resolve_lazily_to_their_classes(registries):
+    from geoembed.config.build import OsmViewConfig, RasterViewConfig
+    from geoembed.views.driver import make_view
+    from geoembed.views.osm import OsmView
+    from geoembed.views.raster import RasterView
+
+    for kind, model, view, encoder in (("raster", RasterViewConfig, RasterView, "cnn"),
+                                       ("osm", OsmViewConfig, OsmView, "hex")):
+        entry = registry.view_kind(kind)
+        assert (entry.config_model, entry.view_class, entry.encoder) == (model, view, encoder)
+        assert view.kind == kind and view.config_model is model and entry.encoder in nn_views.encoder_names()
+    registry.register_view_kind("waves", config=WavesConfig, view=RasterView, encoder="mlp")
+    with pytest.raises(ConfigError, match="registered with RasterView, whose kind is 'raster'"):
+        make_view(WavesConfig(name="w"))
+
+
 def test_encoder_names_are_checked():
     with pytest.raises(ConfigError, match=r"train\.views\[v\]\.encoder: unknown view encoder 'nope' "
                                           r"\(registered: auto, by_shape, cnn, hex, mlp"):

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from geoembed.config.build import DaskConfig, ViewConfig
+from geoembed.errors import ConfigError
 from geoembed.io.atomic import text_fingerprint
 from geoembed.io.locations import validate_locations
 from geoembed.io.viewstore import ViewStore
@@ -56,7 +57,11 @@ PROCESS_MIN_ROWS = 100_000
 
 def make_view(cfg: ViewConfig) -> View:
     """The View of ``cfg``'s kind (looked up in the registry), built from ``cfg``."""
-    return view_kind(cfg.kind).view_class(cfg)
+    cls = view_kind(cfg.kind).view_class
+    if getattr(cls, "kind", None) != cfg.kind:
+        raise ConfigError(f"view kind {cfg.kind!r} is registered with {cls.__name__}, whose kind is "
+                          f"{getattr(cls, 'kind', None)!r}")
+    return cls(cfg)
 
 
 def locations_fingerprint(ids: np.ndarray, lon: np.ndarray, lat: np.ndarray) -> str:
