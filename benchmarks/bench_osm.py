@@ -6,9 +6,9 @@ cafes, hotels, pharmacies, schools, post offices, fire stations, benches; half u
 Gaussian clusters), 3% lines (2-5 vertex roads/streams of 50-400 m) and 3% polygons (90% 10-40 m
 buildings, the rest 100-600 m parks / residential land / water), uniform over a square city of
 ``--extent-m``; locations uniform over the same square. Work runs through
-geoembed.runtime.run_tasks (local processes by default, as build_osm_view for large local runs; or
+geoembed.runtime.run_tasks (local processes by default, as the build driver for large local runs; or
 ``--scheduler threads``) over chunks of ``--chunk-size`` locations, calling the same per-chunk function
-as build_osm_view.
+as the OSM view's build (geoembed.views.driver.build_view_store).
 
     .venv/bin/python benchmarks/bench_osm.py --n-locations 1000000 --n-features 1000000
 """
@@ -26,10 +26,11 @@ import numpy as np
 
 
 def _chunk(prep, x, y, lon, lat, parts) -> int:
-    from geoembed.views.osm import compute_osm_chunk, load_prepared
+    from geoembed.views.driver import load_prepared
+    from geoembed.views.osm import compute_osm_chunk
     from geoembed.views.osm_geom import tune_malloc
 
-    tune_malloc()  # as build_osm_view's tasks
+    tune_malloc()  # as the OSM view's chunks
     if isinstance(prep, str):  # worker process: read the prepared features once from the file
         prep = load_prepared(prep)
     return int(compute_osm_chunk(prep, x, y, lon, lat, parts=parts)["valid"].sum())
@@ -48,7 +49,7 @@ def main() -> None:
     ap.add_argument("--chunk-size", type=int, default=20_000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scheduler", choices=["processes", "threads"], default="processes",
-                    help="local Dask scheduler (build_osm_view uses processes for large local runs)")
+                    help="local Dask scheduler (the build uses processes for large local OSM runs)")
     ap.add_argument("--no-distance", action="store_true", help="skip the distance timing")
     ap.add_argument("--order", choices=["random", "spatial"], default="random",
                     help="location order: random (every chunk spans the city: the worst case) or spatial "
@@ -62,7 +63,8 @@ def main() -> None:
     from geoembed.geo import utm_crs as metric_crs
     from geoembed.runtime import run_tasks
     from geoembed.testing.osm import synthetic_features
-    from geoembed.views.osm import prepare_osm, save_prepared
+    from geoembed.views.driver import save_prepared
+    from geoembed.views.osm import prepare_osm
     from geoembed.views.osm_catalogue import load_catalogue
 
     os.environ.setdefault("GEOEMBED_NO_PROGRESS", "1")
@@ -105,7 +107,7 @@ def main() -> None:
     print(f"prepare (categorise, project, index, H3 of features): {t_prep:.1f} s", flush=True)
 
     tmpdir = tempfile.TemporaryDirectory(prefix="bench_osm_")
-    if args.scheduler == "processes":  # as build_osm_view: ship the prepared features once, as a file
+    if args.scheduler == "processes":  # as the build driver: ship the prepared features once, as a file
         t = time.perf_counter()
         prep_d = str(save_prepared(prep, Path(tmpdir.name) / "prepared.pkl"))
         print(f"prepared features saved for worker processes in {time.perf_counter() - t:.1f} s", flush=True)

@@ -16,7 +16,7 @@ Builds (once, cached in benchmarks/out/) a tiled, DEFLATE-compressed uint8 GeoTI
   minute to minute on a shared 2-core VM). The first round also pays the process's one-off costs
   (first touch of the block store and chip buffers: page faults); later rounds are the steady state
   of a long build;
-* ``build_raster_view`` end to end with the local threaded scheduler (reads, sampling, zarr writes,
+* ``build_view_store`` (a raster view) end to end with the local threaded scheduler (reads, sampling, zarr writes,
   stats, the sources' sha256) in a fresh process;
 * the ratios to the I/O bound, and the peak RSS of a fresh process for ``--n-small`` and ``--n``
   locations (memory is bounded by the chunk size, not by N);
@@ -104,13 +104,8 @@ def locations(n: int, size: int, chip: int, seed: int = 0):
 def child(args) -> dict:
     """One measurement in this (fresh) process: build, or the chunk function alone."""
     from geoembed.config.build import DaskConfig, RasterViewConfig
-    from geoembed.views.raster import (
-        RasterSource,
-        block_read_env,
-        build_raster_view,
-        extract_chips,
-        raster_chunk_rows,
-    )
+    from geoembed.views.driver import build_view_store
+    from geoembed.views.raster import RasterSource, block_read_env, extract_chips, raster_chunk_rows
 
     path = raster_path(args.size)
     locs = locations(args.n, args.size, args.chip)
@@ -132,7 +127,7 @@ def child(args) -> dict:
         out = OUT / f"view_{args.n}"
         shutil.rmtree(out, ignore_errors=True)
         t, c = time.perf_counter(), cpu_seconds()
-        store = build_raster_view(cfg, locs, out, dask_cfg=dcfg)
+        store = build_view_store(cfg, locs, out, dask_cfg=dcfg)
         res["seconds"], res["cpu"] = time.perf_counter() - t, cpu_seconds() - c
         res["valid"] = int(store.meta["n_valid"])
         shutil.rmtree(out, ignore_errors=True)
@@ -161,7 +156,7 @@ def child(args) -> dict:
             close_cached_datasets()
             tile_cache().clear()
             t, c = time.perf_counter(), cpu_seconds()
-            with block_read_env(src), ThreadPoolExecutor(args.workers) as pool:  # as build_raster_view does
+            with block_read_env(src), ThreadPoolExecutor(args.workers) as pool:  # as the raster view's build does
                 res["valid"] = sum(pool.map(run, bounds))
             res["rounds"].append({"seconds": time.perf_counter() - t, "cpu": cpu_seconds() - c,
                                   "io": min(r[0] for r in io), "io_cpu": min(r[1] for r in io)})
@@ -240,7 +235,7 @@ def main() -> None:
     print(f"  extract_chips / I/O bound, wall: median {np.median(ratio):.2f} x over all rounds; after the first "
           f"round (steady state) median {np.median(steady):.2f} x, range {min(steady):.2f}-{max(steady):.2f} x; "
           f"first round in a fresh process {ratio[0]:.2f} x")
-    print(f"build_raster_view end to end, {args.n} locations: {build['seconds']:.2f} s wall = "
+    print(f"raster view build end to end, {args.n} locations: {build['seconds']:.2f} s wall = "
           f"{build['seconds'] / io:.2f} x I/O bound; {build['cpu']:.2f} s CPU = {build['cpu'] / io_cpu:.2f} x; "
           f"valid {build['valid']}/{args.n}")
     print(f"one-off per process before either (kernel load, not in the figures above): "

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from geoembed.config import Config, load_config, save_resolved
-from geoembed.config.build import OsmViewConfig, RasterViewConfig
+from geoembed.config.build import ViewConfig
 from geoembed.errors import InputError
 from geoembed.io.atomic import file_fingerprint, source_fingerprint, text_fingerprint
 from geoembed.io.locations import read_locations, read_locations_meta, write_locations
@@ -27,11 +27,12 @@ RESOLVED_CONFIG = "config.resolved.yaml"
 
 
 def coverage_sources(cfg: Config) -> list[str]:
-    """Rasters a location must lie inside: configured, else every raster view's sources."""
+    """Rasters a location must lie inside: configured, else every view's footprint sources (a raster
+    view's rasters)."""
     assert cfg.locations is not None
     if cfg.locations.coverage:
         return list(cfg.locations.coverage)
-    return [s for v in cfg.views if isinstance(v, RasterViewConfig) for s in v.sources]
+    return [s for v in cfg.views for s in v.footprint_sources()]
 
 
 def build_locations(cfg: Config, overwrite: bool = False) -> tuple[Path, dict]:
@@ -63,17 +64,13 @@ def build_locations(cfg: Config, overwrite: bool = False) -> tuple[Path, dict]:
     return path, meta
 
 
-def build_view(cfg: Config, view: RasterViewConfig | OsmViewConfig, overwrite: bool = False) -> ViewStore:
-    """Build one view store for the run's locations."""
+def build_view(cfg: Config, view: ViewConfig, overwrite: bool = False) -> ViewStore:
+    """Build one view store for the run's locations (any registered kind, through the one driver)."""
+    from geoembed.views.driver import build_view_store
+
     locations = read_locations(cfg.workdir_path / LOCATIONS_FILE)
     out_dir = cfg.workdir_path / VIEWS_DIR / view.name
-    if isinstance(view, RasterViewConfig):
-        from geoembed.views.raster import build_raster_view
-
-        return build_raster_view(view, locations, out_dir, dask_cfg=cfg.dask, overwrite=overwrite)
-    from geoembed.views.osm import build_osm_view
-
-    return build_osm_view(view, locations, out_dir, dask_cfg=cfg.dask, overwrite=overwrite)
+    return build_view_store(view, locations, out_dir, dask_cfg=cfg.dask, overwrite=overwrite)
 
 
 def build(cfg: Config, overwrite: bool = False, only: list[str] | None = None) -> dict:

@@ -91,6 +91,7 @@ class ViewData:
     arrays: dict[str, torch.Tensor]
     valid: torch.Tensor
     fingerprint: str
+    kind: str | None = None  # the store's view kind (its default encoder serves ``encoder: auto``)
 
     @property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -172,7 +173,7 @@ def _load_view(workdir: Path, vc: ViewEncoderConfig, location_ids: np.ndarray, d
         for name in names:
             arrays[name] = torch.from_numpy(
                 normalise_array(store.read(name), store.stats.get(name), log1p=vc.log1p))
-    return ViewData(vc.view, arrays, torch.from_numpy(valid), text_fingerprint(fp_parts))
+    return ViewData(vc.view, arrays, torch.from_numpy(valid), text_fingerprint(fp_parts), store.meta.get("kind"))
 
 
 def _frozen_features(workdir: Path, vc: ViewEncoderConfig, store, array: str, device: str) -> np.ndarray:
@@ -281,7 +282,8 @@ class MultiViewModel(nn.Module):
     """View encoders (+ fusion head or per-view projections), the coordinate encoder and the loss."""
 
     def __init__(self, tc: TrainConfig, view_shapes: dict[str, dict[str, tuple[int, ...]]],
-                 coord_spec: dict, view_configs: list[ViewEncoderConfig] | None = None):
+                 coord_spec: dict, view_configs: list[ViewEncoderConfig] | None = None,
+                 view_kinds: dict[str, str | None] | None = None):
         super().__init__()
         vcs = {vc.view: vc for vc in (view_configs or tc.views)}
         self.view_names = list(view_shapes)
@@ -289,9 +291,9 @@ class MultiViewModel(nn.Module):
         encoders = {}
         for name, shapes in view_shapes.items():
             vc = vcs.get(name) or ViewEncoderConfig(view=name)
-            kind = "auto" if vc.encoder == "resnet18_frozen" else vc.encoder
-            encoders[name] = build_view_encoder(shapes, out_dim=vc.out_dim, encoder=kind,
-                                                channels=vc.channels, hidden=vc.hidden)
+            encoders[name] = build_view_encoder(shapes, out_dim=vc.out_dim, encoder=vc.encoder, view=name,
+                                                kind=(view_kinds or {}).get(name), channels=vc.channels,
+                                                hidden=vc.hidden)
         self.views = nn.ModuleDict(encoders)
         dims = {n: e.out_dim for n, e in encoders.items()}
         d = tc.embedding_dim
@@ -778,7 +780,8 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
     spec = coordinate_spec(tc, lon_np, lat_np)
     torch.manual_seed(seed)
     view_cfgs = _view_configs(cfg) if not tc.views else list(tc.views)
-    model = MultiViewModel(tc, {n: v.shapes for n, v in data.views.items()}, spec, view_cfgs).to(device)
+    model = MultiViewModel(tc, {n: v.shapes for n, v in data.views.items()}, spec, view_cfgs,
+                           {n: v.kind for n, v in data.views.items()}).to(device)
     opt = make_optimizer(model, tc, device)
     ema = None
     if tc.ema_decay:

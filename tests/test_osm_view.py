@@ -13,14 +13,16 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from geoembed.config.build import DaskConfig, OsmViewConfig
+from geoembed.config.build import DaskConfig, OsmViewConfig, RasterViewConfig
 from geoembed.errors import ConfigError, InputError
 from geoembed.geo import utm_crs as metric_crs
 from geoembed.io.locations import make_locations
 from geoembed.io.viewstore import ViewStore
 from geoembed.testing.osm import synthetic_features, write_features_parquet, write_osm_xml
+from geoembed.views import driver
 from geoembed.views import osm as osm_mod
-from geoembed.views.osm import build_osm_view, compute_osm_chunk, prepare_osm
+from geoembed.views.driver import build_view_store
+from geoembed.views.osm import OsmView, compute_osm_chunk, prepare_osm
 from geoembed.views.osm_catalogue import load_catalogue, parse_catalogue
 from geoembed.views.osm_geom import (
     HEX_MASK,
@@ -419,8 +421,8 @@ def test_xml_and_geoparquet_sources_agree(tmp_path, synth):
         "point": 40, "line": 15, "polygon": 15}
     locs = _locs()
     dcfg = DaskConfig(chunk_size=8)
-    sx = build_osm_view(OsmViewConfig(name="a", source=str(xml)), locs, tmp_path / "vx", dask_cfg=dcfg)
-    sp = build_osm_view(OsmViewConfig(name="b", source=str(pq)), locs, tmp_path / "vp", dask_cfg=dcfg)
+    sx = build_view_store(OsmViewConfig(name="a", source=str(xml)), locs, tmp_path / "vx", dask_cfg=dcfg)
+    sp = build_view_store(OsmViewConfig(name="b", source=str(pq)), locs, tmp_path / "vp", dask_cfg=dcfg)
     for name in ("hex", "radius", "distance", "valid"):
         np.testing.assert_allclose(sx.read(name), sp.read(name), rtol=1e-5, atol=1e-3)
     assert sx.read("radius")[sx.read("valid")].sum() > 0
@@ -438,7 +440,7 @@ def test_bad_sources_name_the_file(tmp_path, content, name):
         read_osm_features(p, ["amenity"])
     if content is None:
         with pytest.raises(InputError, match=name.replace(".", r"\.")):
-            build_osm_view(OsmViewConfig(name="v", source=str(p)), _locs(5), tmp_path / "v",
+            build_view_store(OsmViewConfig(name="v", source=str(p)), _locs(5), tmp_path / "v",
                            dask_cfg=DaskConfig())
 
 
@@ -448,7 +450,7 @@ def test_build_resume_recomputes_only_missing_chunks(tmp_path, synth, monkeypatc
     locs = _locs(45)
     dcfg = DaskConfig(chunk_size=10)
     out = tmp_path / "view"
-    store = build_osm_view(cfg, locs, out, dask_cfg=dcfg)
+    store = build_view_store(cfg, locs, out, dask_cfg=dcfg)
     assert store.complete and store.n_chunks == 5
     assert store.read("location_id").tolist() == locs["location_id"].tolist()
     full = {k: store.read(k) for k in ("hex", "radius", "distance")}
@@ -469,15 +471,15 @@ def test_build_resume_recomputes_only_missing_chunks(tmp_path, synth, monkeypatc
         return real(prep, x, *a, **kw)
 
     monkeypatch.setattr(osm_mod, "compute_osm_chunk", spy)
-    again = build_osm_view(cfg, locs, out, dask_cfg=dcfg)
+    again = build_view_store(cfg, locs, out, dask_cfg=dcfg)
     assert sorted(calls) == [10, 10] and again.complete
     for k, v in full.items():
         np.testing.assert_array_equal(again.read(k), v)
     calls.clear()
-    build_osm_view(cfg, locs, out, dask_cfg=dcfg)  # complete: nothing to do
+    build_view_store(cfg, locs, out, dask_cfg=dcfg)  # complete: nothing to do
     assert calls == []
     with pytest.raises(InputError, match="different inputs"):
-        build_osm_view(cfg.model_copy(update={"radii_m": [300.0]}), locs, out, dask_cfg=dcfg)
+        build_view_store(cfg.model_copy(update={"radii_m": [300.0]}), locs, out, dask_cfg=dcfg)
 
 
 def test_process_workers_give_the_same_store(tmp_path, synth):
@@ -486,8 +488,8 @@ def test_process_workers_give_the_same_store(tmp_path, synth):
     pq = write_features_parquet(synth.drop(columns="gtype"), tmp_path / "f.parquet")
     cfg = OsmViewConfig(name="osm", source=str(pq), radii_m=[150.0, 500.0])
     locs = _locs(40)
-    a = build_osm_view(cfg, locs, tmp_path / "threads", dask_cfg=DaskConfig(chunk_size=15))
-    b = build_osm_view(cfg, locs, tmp_path / "procs",
+    a = build_view_store(cfg, locs, tmp_path / "threads", dask_cfg=DaskConfig(chunk_size=15))
+    b = build_view_store(cfg, locs, tmp_path / "procs",
                        dask_cfg=DaskConfig(chunk_size=15, scheduler="processes", num_workers=2))
     for k in ("hex", "radius", "distance", "valid"):
         np.testing.assert_array_equal(b.read(k), a.read(k))
@@ -495,11 +497,21 @@ def test_process_workers_give_the_same_store(tmp_path, synth):
 
 
 def test_process_policy():
-    use = osm_mod._use_processes
-    big = osm_mod.PROCESS_MIN_ROWS
+    """The OSM view holds the GIL: large local builds go to worker processes (a raster view's never do
+    unless asked)."""
+    from geoembed.views.raster import RasterView
+
+    osm = OsmView(OsmViewConfig(name="o", source="x.osm.pbf"))
+    big = driver.PROCESS_MIN_ROWS
+
+    def use(*args):
+        return driver.use_processes(osm, *args)
+
     assert use(None, 2, big) and use("threads", 2, big) and use("processes", 1, 10)
     assert not use(None, 2, big - 1) and not use(None, 1, big) and not use("synchronous", 2, big)
     assert not use("tcp://127.0.0.1:8786", 2, big)
+    raster = RasterView(RasterViewConfig(name="r", sources=["x.tif"]))
+    assert not driver.use_processes(raster, None, 2, big) and driver.use_processes(raster, "processes", 2, 10)
 
 
 def test_prepared_round_trip(tmp_path, synth):
@@ -508,9 +520,9 @@ def test_prepared_round_trip(tmp_path, synth):
     crs = metric_crs(lon, lat)
     prep = prepare_osm(synth, cat, crs, radii_m=[200.0])
     x, y = _project(lon, lat, crs)
-    path = osm_mod.save_prepared(prep, tmp_path / "p.pkl")
-    again = osm_mod.load_prepared(path)
-    assert osm_mod.load_prepared(path) is again  # read once per process
+    path = driver.save_prepared(prep, tmp_path / "p.pkl")
+    again = driver.load_prepared(path)
+    assert driver.load_prepared(path) is again  # read once per process
     want, got = compute_osm_chunk(prep, x, y, lon, lat), compute_osm_chunk(again, x, y, lon, lat)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k])
@@ -523,7 +535,7 @@ def test_helsinki_end_to_end(tmp_path, helsinki_pbf):
     lat = np.r_[rng.uniform(60.166, 60.176, n - 1), 60.3]
     locs = make_locations(np.arange(n), lon, lat)
     cfg = OsmViewConfig(name="osm", source=str(helsinki_pbf), radii_m=[250.0], max_distance_m=2000.0)
-    store = build_osm_view(cfg, locs, tmp_path / "osm", dask_cfg=DaskConfig(chunk_size=50))
+    store = build_view_store(cfg, locs, tmp_path / "osm", dask_cfg=DaskConfig(chunk_size=50))
     names = store.attrs["radius_features"]
     rad = pd.DataFrame(store.read("radius"), columns=names)
     valid = store.read("valid")

@@ -55,7 +55,7 @@ def test_blocks_give_the_same_chips_as_windows(tmp_path, monkeypatch, dtype, nod
     tile_cache().clear()
     got, vf = extract_chips(src, lon, lat, chip_size=chip_size, resolution_m=RES, resampling=resampling)
     assert tile_cache().decodes > 0  # read block by block
-    monkeypatch.setattr(rv, "_block_shape", lambda *a: None)  # force window reads
+    monkeypatch.setattr(rv.sampling, "block_shape", lambda *a: None)  # force window reads
     ref, vf_ref = extract_chips(src, lon, lat, chip_size=chip_size, resolution_m=RES, resampling=resampling)
     np.testing.assert_array_equal(got, ref)  # bit for bit (NaN where NaN)
     np.testing.assert_array_equal(vf, vf_ref)
@@ -208,7 +208,7 @@ def test_interpolated_frame_matches_the_exact_frame(crs, transform, lon0, lat0, 
     wkt = pyproj.CRS(crs).to_wkt()
     step = (chip_size - 1) / 2 * res
     got = rv.source_pixel_frame(wkt, transform, lon, lat, step)
-    exact = rv._exact_frame(wkt, transform, lon, lat, step)
+    exact = rv.geometry._exact_frame(wkt, transform, lon, lat, step)
     np.testing.assert_array_equal(got[0], exact[0])  # centres are exact
     np.testing.assert_array_equal(got[3], exact[3])
     for e, n in ((step, step), (-step, step), (step, -step), (-step, -step)):  # the chip corners

@@ -22,10 +22,11 @@ from geoembed.io.locations import make_locations
 from geoembed.io.tilecache import tile_cache
 from geoembed.io.viewstore import ViewStore
 from geoembed.testing.rasters import from_origin, random_bytes_file, rowcol_raster, write_geotiff
+from geoembed.views import driver
 from geoembed.views import raster as rv
+from geoembed.views.driver import build_view_store
 from geoembed.views.raster import (
     RasterSource,
-    build_raster_view,
     chip_offsets,
     chip_pixel_coords,
     extract_chips,
@@ -247,13 +248,14 @@ def rowcol_striped(tmp_path_factory):
 
 def _spy_reads(monkeypatch):
     boxes = []
-    real = rv._read_window
+    real = rv.reading.read_window
 
     def spy(ds, path, bands, nodata, use_mask, box, factor, **kw):
         boxes.append(box)
         return real(ds, path, bands, nodata, use_mask, box, factor, **kw)
 
-    monkeypatch.setattr(rv, "_read_window", spy)
+    monkeypatch.setattr(rv.reading, "read_window", spy)  # block reads
+    monkeypatch.setattr(rv.sampling, "read_window", spy)  # window reads
     tile_cache().clear()
     return boxes
 
@@ -286,7 +288,7 @@ def test_sparse_locations_read_small_windows(tmp_path, monkeypatch, tiled):
     big = write_geotiff(tmp_path / "big.tif", np.ones((1, 2500, 2500), dtype=np.uint8), crs=UTM,
                         transform=GRID, tiled=tiled, blocksize=256)
     boxes = _spy_reads(monkeypatch)
-    monkeypatch.setattr(rv, "_MIN_WINDOW_PX", 1000)  # (default 1 Mpx: small windows are always fine)
+    monkeypatch.setattr(rv.reading, "_MIN_WINDOW_PX", 1000)  # (default 1 Mpx: small windows are always fine)
     lon, lat = corner_lonlat([20, 2480, 20, 2480], [100, 100, 2400, 2400])
     chips, vf = extract_chips([RasterSource(str(big))], lon, lat, chip_size=16, resolution_m=RES)
     assert (vf == 1).all() and (chips == 1).all()
@@ -317,7 +319,7 @@ def test_build_writes_a_complete_store(tmp_path, rowcol):
     locs = _locs(lon, lat)
     cfg = RasterViewConfig(name="rc", sources=[str(rowcol)], chip_size=8, resolution_m=RES,
                            resampling="nearest", min_valid_fraction=0.5)
-    store = build_raster_view(cfg, locs, tmp_path / "rc", dask_cfg=DaskConfig(chunk_size=64))
+    store = build_view_store(cfg, locs, tmp_path / "rc", dask_cfg=DaskConfig(chunk_size=64))
     assert store.complete and store.n_chunks == 5
     again = ViewStore.open(tmp_path / "rc")
     np.testing.assert_array_equal(again.read("location_id"), locs["location_id"].to_numpy())
@@ -339,15 +341,15 @@ def test_build_writes_a_complete_store(tmp_path, rowcol):
     # different settings on the same folder: an error unless overwrite
     cfg2 = cfg.model_copy(update={"chip_size": 4})
     with pytest.raises(InputError, match="different inputs"):
-        build_raster_view(cfg2, locs, tmp_path / "rc", dask_cfg=DaskConfig(chunk_size=64))
-    s2 = build_raster_view(cfg2, locs, tmp_path / "rc", dask_cfg=DaskConfig(chunk_size=64), overwrite=True)
+        build_view_store(cfg2, locs, tmp_path / "rc", dask_cfg=DaskConfig(chunk_size=64))
+    s2 = build_view_store(cfg2, locs, tmp_path / "rc", dask_cfg=DaskConfig(chunk_size=64), overwrite=True)
     assert s2.read("chips").shape == (301, 2, 4, 4)
 
 
 def test_float16_store(tmp_path, rowcol):
     locs = _grid_locations(50)
     cfg = RasterViewConfig(name="h", sources=[str(rowcol)], chip_size=4, dtype="float16")
-    store = build_raster_view(cfg, locs, tmp_path / "h", dask_cfg=DaskConfig(chunk_size=20))
+    store = build_view_store(cfg, locs, tmp_path / "h", dask_cfg=DaskConfig(chunk_size=20))
     chips = store.read("chips")
     assert chips.dtype == np.float16 and np.isfinite(chips).all()
 
@@ -356,11 +358,11 @@ def test_resume_recomputes_only_missing_chunks(tmp_path, rowcol, monkeypatch):
     locs = _grid_locations(400, seed=3)
     cfg = RasterViewConfig(name="r", sources=[str(rowcol)], chip_size=8, resolution_m=RES)
     dcfg = DaskConfig(chunk_size=50)
-    clean = build_raster_view(cfg, locs, tmp_path / "clean", dask_cfg=dcfg)
-    store = build_raster_view(cfg, locs, tmp_path / "r", dask_cfg=dcfg)
+    clean = build_view_store(cfg, locs, tmp_path / "clean", dask_cfg=dcfg)
+    store = build_view_store(cfg, locs, tmp_path / "r", dask_cfg=dcfg)
     calls = []
-    real = rv._chunk_task
-    monkeypatch.setattr(rv, "_chunk_task", lambda store, i, *a: calls.append(i) or real(store, i, *a))
+    real = driver._chunk_task
+    monkeypatch.setattr(driver, "_chunk_task", lambda view, store, i, *a: calls.append(i) or real(view, store, i, *a))
     # a run "killed" after writing rows but before the markers: delete markers, corrupt the rows
     import zarr
 
@@ -374,13 +376,13 @@ def test_resume_recomputes_only_missing_chunks(tmp_path, rowcol, monkeypatch):
     (store.path / "meta.json").write_text(json.dumps({**meta, "complete": False}))
     with pytest.raises(InputError, match="incomplete"):
         ViewStore.open(store.path)
-    resumed = build_raster_view(cfg, locs, tmp_path / "r", dask_cfg=dcfg)
+    resumed = build_view_store(cfg, locs, tmp_path / "r", dask_cfg=dcfg)
     assert sorted(calls) == [1, 5]
     np.testing.assert_array_equal(resumed.read("chips"), clean.read("chips"))
     np.testing.assert_array_equal(resumed.read("valid"), clean.read("valid"))
     assert resumed.stats == clean.stats
     calls.clear()
-    build_raster_view(cfg, locs, tmp_path / "r", dask_cfg=dcfg)
+    build_view_store(cfg, locs, tmp_path / "r", dask_cfg=dcfg)
     assert calls == []
 
 
@@ -391,7 +393,7 @@ from geoembed.geo import hilbert_order as spatial_order
 from geoembed.io.locations import make_locations
 from geoembed.io.tilecache import tile_cache
 from geoembed.geo import hilbert_order as spatial_order
-from geoembed.views.raster import build_raster_view
+from geoembed.views.driver import build_view_store
 src, out = sys.argv[1], sys.argv[2]
 rng = np.random.default_rng(7)
 x = 500000 - 2000 * 30 + rng.uniform(100, 1900, 12000) * 30
@@ -400,7 +402,7 @@ lon, lat = pyproj.Transformer.from_crs("EPSG:32633", "EPSG:4326", always_xy=True
 o = spatial_order(lon, lat)
 locs = make_locations(np.arange(12000), np.asarray(lon)[o], np.asarray(lat)[o])
 cfg = RasterViewConfig(name="k", sources=[src], chip_size=16, resolution_m=20.0)
-build_raster_view(cfg, locs, out, dask_cfg=DaskConfig(chunk_size=200, scheduler="synchronous"))
+build_view_store(cfg, locs, out, dask_cfg=DaskConfig(chunk_size=200, scheduler="synchronous"))
 """
 
 
@@ -461,7 +463,7 @@ def test_olinda_landsat_and_dem(tmp_path, olinda_dir):
     landsat, dem = olinda_dir / "L7_ETMs.tif", olinda_dir / "olinda_dem_utm25s.tif"
     cfg = RasterViewConfig(name="olinda", sources=[str(landsat), str(dem)], chip_size=8, resolution_m=30.0,
                            min_valid_fraction=1.0)
-    store = build_raster_view(cfg, locs, tmp_path / "olinda", dask_cfg=DaskConfig(chunk_size=64))
+    store = build_view_store(cfg, locs, tmp_path / "olinda", dask_cfg=DaskConfig(chunk_size=64))
     chips = store.read("chips")
     assert chips.shape == (300, 7, 8, 8)
     idx = store.read_index()
@@ -488,14 +490,14 @@ def test_bad_inputs_name_the_file(tmp_path, rowcol):
         out = tmp_path / f"out_{path.stem}"
         cfg = RasterViewConfig(name="bad", sources=[str(rowcol), str(path)])
         with pytest.raises(InputError, match=msg) as err:
-            build_raster_view(cfg, locs, out, dask_cfg=dcfg)
+            build_view_store(cfg, locs, out, dask_cfg=dcfg)
         assert str(path) in str(err.value)
         assert not (out / "meta.json").exists()
         with pytest.raises(InputError):
             ViewStore.open(out)
     cfg = RasterViewConfig(name="bad", sources=[str(rowcol)], bands=[[1, 3]])
     with pytest.raises(ConfigError, match=r"bands\[0\].*1\.\.2"):
-        build_raster_view(cfg, locs, tmp_path / "out_bands", dask_cfg=dcfg)
+        build_view_store(cfg, locs, tmp_path / "out_bands", dask_cfg=dcfg)
 
 
 def test_rasterio_sees_written_nodata(tmp_path):

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from geoembed.config.base import Section
 from geoembed.config.build import (
+    AnyViewConfig,
     DaskConfig,
     LocationsConfig,
     OsmViewConfig,
@@ -53,7 +54,7 @@ class Config(Section):
     seed: int = 0
     dask: DaskConfig = Field(default_factory=DaskConfig)
     locations: LocationsConfig | None = None
-    views: list[ViewConfig] = Field(default_factory=list)
+    views: list[AnyViewConfig] = Field(default_factory=list)
     train: TrainConfig | None = None
     evaluate: EvaluateConfig | None = None
 
@@ -69,7 +70,7 @@ class Config(Section):
                 raise ValueError(f"view name {n!r} must be letters, digits, '_' or '-'")
         return views
 
-    def view(self, name: str) -> RasterViewConfig | OsmViewConfig:
+    def view(self, name: str) -> ViewConfig:
         for v in self.views:
             if v.name == name:
                 return v
@@ -86,19 +87,31 @@ class Config(Section):
         return Path(self.workdir)
 
 
-_PATH_KEYS = {"polygon", "raster", "points", "source", "sources", "catalogue", "coverage", "workdir",
-              "table", "bundle", "weights_file", "backbone_weights", "output"}
+_PATH_KEYS = frozenset({"polygon", "raster", "points", "source", "sources", "catalogue", "coverage", "workdir",
+              "table", "bundle", "weights_file", "backbone_weights", "output"})
 
 
-def _resolve_paths(node: Any, base: Path, key: str | None = None) -> Any:
-    """Make relative file paths absolute against the config file's folder."""
+def _resolve_paths(node: Any, base: Path, key: str | None = None, keys: frozenset[str] = _PATH_KEYS) -> Any:
+    """Make relative file paths absolute against the config file's folder (in a view, also the fields
+    its kind lists in ``path_fields``)."""
     if isinstance(node, dict):
-        return {k: _resolve_paths(v, base, k) for k, v in node.items()}
+        return {k: _resolve_paths(v, base, k, keys) for k, v in node.items()}
     if isinstance(node, list):
-        return [_resolve_paths(v, base, key) for v in node]
-    if key in _PATH_KEYS and isinstance(node, str) and "://" not in node and not os.path.isabs(node):
+        if key == "views":
+            return [_resolve_paths(v, base, None, _view_path_keys(v)) for v in node]
+        return [_resolve_paths(v, base, key, keys) for v in node]
+    if key in keys and isinstance(node, str) and "://" not in node and not os.path.isabs(node):
         return str((base / node).resolve())
     return node
+
+
+def _view_path_keys(view: Any) -> frozenset[str]:
+    from geoembed.views.registry import view_kind
+
+    try:
+        return _PATH_KEYS | frozenset(view_kind(view.get("kind")).config_model.path_fields)
+    except (AttributeError, ConfigError):  # not a mapping, or an unknown kind: validation says so
+        return _PATH_KEYS
 
 
 def _format_errors(err: ValidationError, origin: str) -> str:

@@ -1,10 +1,16 @@
-"""Configuration of the build stage: locations, raster views, OSM views and the Dask runtime."""
+"""Configuration of the build stage: locations, views and the Dask runtime.
+
+Every view's settings are a :class:`ViewConfig` subclass; the one for a ``kind`` is found in the
+view-kind registry (:mod:`geoembed.views.registry`), so a new kind brings its own model. The built-in
+kinds' models (``raster``, ``osm``) are defined here.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PlainValidator, SerializeAsAny, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from geoembed.config.base import Section
 
@@ -88,7 +94,24 @@ class LocationsConfig(Section):
         return self
 
 
-class RasterViewConfig(Section):
+class ViewConfig(Section):
+    """Settings of one view: its ``kind`` (a registered view kind) and ``name`` (its folder under
+    ``<workdir>/views/``). A view kind subclasses this with its own fields and a ``kind`` literal.
+
+    ``path_fields`` names the fields holding file paths that are resolved against the config file's
+    folder, besides the common ones (``source``, ``sources``, ``raster``, ``points``, ...)."""
+
+    path_fields: ClassVar[tuple[str, ...]] = ()
+
+    kind: str
+    name: str
+
+    def footprint_sources(self) -> list[str]:
+        """Rasters whose footprint a location must lie in for this view (default: none)."""
+        return []
+
+
+class RasterViewConfig(ViewConfig):
     """Chips from one or more rasters, stacked band-wise, on a local metric grid centred on each location."""
 
     kind: Literal["raster"] = "raster"
@@ -114,8 +137,12 @@ class RasterViewConfig(Section):
                 raise ValueError(f"{key} has {len(val)} entries but there are {len(self.sources)} sources")
         return self
 
+    def footprint_sources(self) -> list[str]:
+        """Locations are sampled inside the sources' footprints (unless ``locations.coverage`` says)."""
+        return list(self.sources)
 
-class OsmViewConfig(Section):
+
+class OsmViewConfig(ViewConfig):
     """Per-location OSM features: H3 hex tensor, radius aggregates and capped nearest distances."""
 
     kind: Literal["osm"] = "osm"
@@ -136,4 +163,32 @@ class OsmViewConfig(Section):
         return self
 
 
-ViewConfig = Annotated[RasterViewConfig | OsmViewConfig, Field(discriminator="kind")]
+def _validate_view(value: Any) -> ViewConfig:
+    """A view's settings, validated by the model its ``kind`` registered (see the module docstring).
+
+    Errors keep pydantic's form, located under the kind (``views.0.raster.chip_size``)."""
+    from geoembed.errors import ConfigError
+    from geoembed.views.registry import view_kind, view_kinds
+
+    if isinstance(value, ViewConfig):
+        return value
+    if not isinstance(value, dict):
+        raise PydanticCustomError("view_type", "a view is a mapping with a kind and a name")
+    kind = value.get("kind")
+    if kind is None:
+        raise PydanticCustomError("view_kind", "a view needs a kind (one of: {kinds})",
+                                  {"kinds": ", ".join(view_kinds())})
+    try:
+        model = view_kind(kind).config_model
+    except ConfigError as err:
+        raise PydanticCustomError("view_kind", "{error}", {"error": str(err)}) from None
+    try:
+        return model.model_validate(value)
+    except ValidationError as err:  # the same errors, located under the kind
+        raise ValidationError.from_exception_data(model.__name__, [
+            InitErrorDetails(type=PydanticCustomError(e["type"], e["msg"]), loc=(kind, *e["loc"]), input=e["input"])
+            for e in err.errors()]) from None
+
+
+AnyViewConfig = SerializeAsAny[Annotated[ViewConfig, PlainValidator(_validate_view)]]
+"""A view's settings in a config: validated by its kind's model, written out with all its fields."""

@@ -56,13 +56,15 @@ class CoordinateEncoderConfig(Section):
 class ViewEncoderConfig(Section):
     """The encoder of one view (a folder ``<workdir>/views/<view>/``).
 
-    ``encoder``: ``auto`` (raster chips -> CNN from scratch, OSM ``hex`` -> masked hex CNN, vectors -> MLP),
-    ``cnn``, ``stats`` (per-channel chip mean/std -> MLP), ``hex``, ``mlp``, or ``resnet18_frozen`` (a local torchvision ResNet-18 state dict in
-    ``backbone_weights``; features computed once in eval mode and cached).
+    ``encoder``: a registered view encoder (:func:`geoembed.nn.views.register_encoder`; checked when training
+    starts), or ``auto``: the default encoder of the store's view kind (raster chips -> ``cnn``, a CNN from
+    scratch; OSM -> ``hex``, the masked hex CNN for ``hex`` and MLPs for vectors). Built in besides:
+    ``stats`` (per-channel chip mean/std -> MLP), ``mlp``, and ``resnet18_frozen`` (a local torchvision
+    ResNet-18 state dict in ``backbone_weights``; features computed once in eval mode and cached).
     """
 
     view: str
-    encoder: Literal["auto", "cnn", "stats", "hex", "mlp", "resnet18_frozen"] = "auto"
+    encoder: str = Field(default="auto", min_length=1)
     arrays: list[str] | None = Field(default=None, description="arrays of the store to use (default all)")
     out_dim: int = Field(default=32, ge=1)
     channels: list[int] | None = Field(default=None, description="CNN / hex-CNN widths")

@@ -1,15 +1,18 @@
-"""View encoders: raster CNN, frozen ResNet-18 backbone, OSM hex-grid CNN, tabular MLP.
+"""View encoders: raster CNN, frozen ResNet-18 backbone, OSM hex-grid CNN, tabular MLP, and their registry.
 
 A view store holds one or more named arrays per location (a raster view: ``chips`` ``(C, H, W)``; an OSM
 view: ``hex`` ``(K, 7, 7)``, ``radius`` ``(F,)``, ``distance`` ``(K,)``). :class:`ViewEncoder` encodes each
 array with a suitable sub-encoder and merges them into one ``out_dim`` vector per location.
 Inputs arrive normalised by the store's per-channel stats with missing values set to 0.
+
+Encoders are registered by name (:func:`register_encoder`); ``train.views[].encoder`` names one, and
+``auto`` takes the default encoder of the store's view kind (:func:`resolve_encoder`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +35,10 @@ __all__ = [
     "ViewEncoder",
     "backbone_features",
     "build_view_encoder",
+    "encoder_names",
     "load_resnet18",
+    "register_encoder",
+    "resolve_encoder",
 ]
 
 # Hex layout of the OSM view (geoembed.views.osm_geom): cell (di, dj) of the 3-ring disk sits at
@@ -172,38 +178,114 @@ class ViewEncoder(nn.Module):
         return self.merge(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
 
 
+#: An encoder builder: ``builder(shapes, *, out_dim, channels, hidden)`` -> a module with an ``out_dim``
+#: attribute whose forward takes ``{array name: (B, *shape) tensor}`` and returns ``(B, out_dim)``.
+EncoderBuilder = Callable[..., nn.Module]
+
+_ENCODERS: dict[str, EncoderBuilder] = {}
+
+
+def register_encoder(name: str, builder: EncoderBuilder, *, replace: bool = False) -> None:
+    """Register a view encoder under ``name`` (for ``train.views[].encoder`` and a view kind's default).
+
+    ``builder(shapes, *, out_dim, channels, hidden)`` gets the view's arrays (name -> per-row shape),
+    the configured ``out_dim``, ``channels`` (None when not configured) and ``hidden``, and returns a
+    module as :class:`ViewEncoder` (``out_dim`` attribute; forward from a dict of arrays). Registering
+    a name twice is an error unless ``replace`` is set; ``auto`` is reserved.
+    """
+    if name == "auto":
+        raise ValueError("encoder name 'auto' is reserved (it picks the view kind's default encoder)")
+    if name in _ENCODERS and not replace:
+        raise ValueError(f"view encoder {name!r} is already registered (pass replace=True to replace it)")
+    _ENCODERS[name] = builder
+
+
+def encoder_names() -> list[str]:
+    """The registered view encoders, sorted (``auto`` aside)."""
+    return sorted(_ENCODERS)
+
+
+def resolve_encoder(encoder: str, kind: str | None = None, view: str | None = None) -> str:
+    """The registered encoder ``encoder`` names; ``auto`` is the default encoder of the view store's
+    ``kind`` (see :mod:`geoembed.views.registry`), or, for a store of no registered kind, ``by_shape``.
+    A ConfigError names the setting when the encoder is not registered."""
+    where = f"train.views[{view}].encoder" if view else "encoder"
+    name = encoder
+    if encoder == "auto":
+        from geoembed.views.registry import view_kinds
+
+        name = "by_shape"
+        if kind in view_kinds():
+            from geoembed.views.registry import view_kind
+
+            name = view_kind(kind).encoder
+            where = f"the default encoder of view kind {kind!r}"
+    if name not in _ENCODERS:
+        raise ConfigError(f"{where}: unknown view encoder {name!r} (registered: auto, {', '.join(encoder_names())})")
+    return name
+
+
 def build_view_encoder(
     shapes: Mapping[str, tuple[int, ...]],
     *,
     out_dim: int,
     encoder: str = "auto",
+    kind: str | None = None,
+    view: str | None = None,
     channels: Sequence[int] | None = None,
     hidden: Sequence[int] = (64,),
-) -> ViewEncoder:
-    """Pick a sub-encoder per array by name and shape and return the view's encoder.
+) -> nn.Module:
+    """The encoder of one view: ``encoder`` from the registry (``auto``: the default of the store's view
+    ``kind``, see :func:`resolve_encoder`); ``view`` names the view in errors.
 
-    ``hex`` ``(K, 7, 7)`` -> :class:`HexEncoder`; other ``(C, H, W)`` -> :class:`RasterCNN`;
-    ``features`` (frozen-backbone output) -> :class:`FeatureHead`; vectors -> :class:`TabularMLP`.
-    ``encoder`` forces one family: ``cnn``, ``stats`` (:class:`ChipStats`), ``hex``, ``mlp`` (or
-    ``resnet18_frozen``, whose features arrive precomputed as ``features``).
+    Built-in encoders, per array (``features``, a frozen backbone's output, always gets a
+    :class:`FeatureHead`, vectors a :class:`TabularMLP`): ``cnn`` (``(C, H, W)`` -> :class:`RasterCNN`;
+    the raster kind's default), ``stats`` (-> :class:`ChipStats`), ``hex`` (-> :class:`HexEncoder`; the
+    OSM kind's default), ``mlp`` (everything flattened into an MLP), ``resnet18_frozen`` (the frozen
+    backbone's features, precomputed by the trainer) and ``by_shape`` (an array named ``hex`` ->
+    hex CNN, other ``(C, H, W)`` -> CNN).
     """
-    parts: dict[str, nn.Module] = {}
-    dims: dict[str, int] = {}
-    for name, shape in shapes.items():
-        shape = tuple(int(s) for s in shape)
-        if name == "features":
-            parts[name] = FeatureHead(int(np.prod(shape)), out_dim)
-        elif (encoder == "hex" or (encoder == "auto" and name == "hex")) and len(shape) == 3:
-            parts[name] = HexEncoder(shape[0], (shape[1], shape[2]), out_dim,
-                                     channels=tuple(channels) if channels else (16, 8))
-        elif len(shape) == 3 and encoder == "stats":
-            parts[name] = ChipStats(shape[0], out_dim, hidden=tuple(hidden))
-        elif len(shape) == 3 and encoder in ("auto", "cnn"):
-            parts[name] = RasterCNN(shape[0], out_dim, channels=tuple(channels) if channels else (32, 64))
-        else:
-            parts[name] = TabularMLP(int(np.prod(shape)), out_dim, hidden=tuple(hidden))
-        dims[name] = out_dim
-    return ViewEncoder(parts, dims, out_dim)
+    name = resolve_encoder(encoder, kind, view)
+    return _ENCODERS[name](dict(shapes), out_dim=out_dim, channels=channels, hidden=hidden)
+
+
+def _per_array(grid: Callable[[str, tuple[int, ...], int, Sequence[int] | None, Sequence[int]], nn.Module | None]
+               ) -> EncoderBuilder:
+    """A builder giving each array its own sub-encoder: ``grid(name, shape, out_dim, channels, hidden)``
+    for ``(C, H, W)`` arrays (None: an MLP), a FeatureHead for ``features``, an MLP for the others."""
+
+    def build(shapes: Mapping[str, tuple[int, ...]], *, out_dim: int, channels: Sequence[int] | None = None,
+              hidden: Sequence[int] = (64,)) -> ViewEncoder:
+        parts: dict[str, nn.Module] = {}
+        for name, shape in shapes.items():
+            shape = tuple(int(s) for s in shape)
+            part = None
+            if name == "features":
+                part = FeatureHead(int(np.prod(shape)), out_dim)
+            elif len(shape) == 3:
+                part = grid(name, shape, out_dim, channels, hidden)
+            parts[name] = part if part is not None else TabularMLP(int(np.prod(shape)), out_dim,
+                                                                   hidden=tuple(hidden))
+        return ViewEncoder(parts, dict.fromkeys(parts, out_dim), out_dim)
+
+    return build
+
+
+def _cnn(name, shape, out_dim, channels, hidden) -> nn.Module:
+    return RasterCNN(shape[0], out_dim, channels=tuple(channels) if channels else (32, 64))
+
+
+def _hex(name, shape, out_dim, channels, hidden) -> nn.Module:
+    return HexEncoder(shape[0], (shape[1], shape[2]), out_dim, channels=tuple(channels) if channels else (16, 8))
+
+
+register_encoder("cnn", _per_array(_cnn))
+register_encoder("stats", _per_array(lambda name, shape, out_dim, channels, hidden:
+                                     ChipStats(shape[0], out_dim, hidden=tuple(hidden))))
+register_encoder("hex", _per_array(_hex))
+register_encoder("mlp", _per_array(lambda *args: None))
+register_encoder("resnet18_frozen", _per_array(lambda *args: None))  # its one array arrives as ``features``
+register_encoder("by_shape", _per_array(lambda name, *args: (_hex if name == "hex" else _cnn)(name, *args)))
 
 
 # ----------------------------------------------------------------------------- frozen ResNet-18

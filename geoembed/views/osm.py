@@ -26,20 +26,16 @@ geometries through a shapely STRtree nearest query). The hex tensor joins H3 cel
 and of each location's 37 neighbours with ``np.searchsorted``; H3 calls happen once per distinct
 cell. Sources are local files only (no Overpass): export an extract to .osm.pbf first.
 
-The driver reads, categorises and projects the features once (:func:`prepare_osm`), then Dask
-tasks run the pure per-chunk :func:`compute_osm_chunk` on location chunks and write their rows;
-a rerun computes only chunks without a marker. The kernels are numpy glue that holds the GIL, so
-large local runs (:data:`PROCESS_MIN_ROWS` pending rows or more, or ``dask.scheduler:
-processes``) use worker processes: the prepared features are pickled once to a scratch file in the
-view folder (removed afterwards) and each worker reads it once (:func:`load_prepared`). Small runs
-stay on threads sharing one copy; a distributed cluster receives the prepared object itself.
+Entry point: :class:`OsmView` (kind ``osm``), built by :func:`geoembed.views.driver.build_view_store`.
+It checks and fingerprints the source and catalogue, then, when chunks remain to compute, reads,
+categorises and projects the features once (:func:`prepare_osm`); Dask tasks run the pure per-chunk
+:func:`compute_osm_chunk`. The kernels are numpy glue that holds the GIL (``OsmView.gil_bound``), so
+the driver runs large local builds in worker processes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +44,12 @@ import geopandas as gpd
 import numpy as np
 import shapely
 
-from geoembed.config.build import DaskConfig, OsmViewConfig
+from geoembed.config.build import OsmViewConfig
 from geoembed.errors import InputError
 from geoembed.geo import h3_cells, utm_crs
 from geoembed.io.atomic import source_fingerprint, text_fingerprint
-from geoembed.io.viewstore import ArraySpec, ViewStore
+from geoembed.io.viewstore import ArraySpec
+from geoembed.views.base import Chunk, Resolved, View
 from geoembed.views.osm_catalogue import Catalogue, load_catalogue
 from geoembed.views.osm_geom import (
     HEX_MASK,
@@ -72,12 +69,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "HEX_MASK",
     "HEX_STENCIL",
+    "OsmView",
     "PreparedOsm",
-    "build_osm_view",
     "compute_osm_chunk",
-    "load_prepared",
     "prepare_osm",
-    "save_prepared",
 ]
 
 VIEW_VERSION = 1
@@ -327,152 +322,76 @@ def compute_osm_chunk(
     return out
 
 
-def _chunk_task(store: ViewStore, i: int, prep: PreparedOsm | str, x, y, lon, lat) -> int:
-    tune_malloc()
-    if isinstance(prep, str):  # worker process: the prepared features come from a file
-        prep = load_prepared(prep)
-    res = compute_osm_chunk(prep, x, y, lon, lat)
-    valid = res.pop("valid")
-    store.write_chunk(i, res, valid_fraction=valid.astype(np.float32), valid=valid)
-    return i
+_local = threading.local()
 
 
-_PREPARED: dict[str, PreparedOsm] = {}
-_PREPARED_LOCK = threading.Lock()
+def _to_metric(crs_wkt: str, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """lon/lat projected to the prepared features' CRS (one cached transformer per thread)."""
+    from pyproj import Transformer
+
+    cache = getattr(_local, "transformers", None)
+    if cache is None:
+        cache = _local.transformers = {}
+    tr = cache.get(crs_wkt)
+    if tr is None:
+        tr = cache[crs_wkt] = Transformer.from_crs("EPSG:4326", crs_wkt, always_xy=True)
+    x, y = tr.transform(lon, lat)
+    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
 
 
-def save_prepared(prep: PreparedOsm, path: Path) -> Path:
-    """Write ``prep`` to ``path`` (a pickle, read back with :func:`load_prepared`) for worker processes.
+class OsmView(View):
+    """Per-location OSM features (see the module docstring)."""
 
-    The file is a scratch copy for one run, written before any task starts (no fsync needed)."""
-    import pickle
+    kind = "osm"
+    config_model = OsmViewConfig
+    gil_bound = True
+    cfg: OsmViewConfig
 
-    with open(path, "wb") as f:
-        pickle.dump(prep, f, protocol=pickle.HIGHEST_PROTOCOL)
-    return Path(path)
+    def resolve(self, lon: np.ndarray, lat: np.ndarray) -> Resolved:
+        cfg = self.cfg
+        src = Path(cfg.source)
+        catalogue = load_catalogue(cfg.catalogue)
+        if not src.is_file():
+            raise InputError(f"OSM source {src} (view {cfg.name!r}) does not exist")
+        source_fp = source_fingerprint(src)
+        crs = utm_crs(lon, lat)
+        radius_names = catalogue.radius_feature_names(cfg.radii_m)
+        attrs = {
+            "source": str(src),
+            "source_fingerprint": source_fp,
+            "crs": crs.to_string(),
+            "categories": catalogue.names,
+            "hex_categories": catalogue.hex_categories,
+            "distance_categories": catalogue.names,
+            "radius_features": radius_names,
+            "hex_mask": HEX_MASK.astype(int).tolist(),
+            "hex_stencil": HEX_STENCIL.astype(int).tolist(),
+            "hex_layout": "hex[c, 3 + di, 3 + dj] for H3 local IJ offset (di, dj) from the location's cell",
+            "h3_resolution": cfg.h3_resolution,
+            "radii_m": [float(r) for r in cfg.radii_m],
+            "max_distance_m": cfg.max_distance_m,
+            "catalogue": catalogue.to_dict(),
+            "validity": "valid = inside the convex hull of all features of the source; else NaN rows",
+            "view_version": VIEW_VERSION,
+        }
+        arrays = {
+            "hex": ArraySpec((len(catalogue.hex_categories), 7, 7), "float32"),
+            "radius": ArraySpec((len(radius_names),), "float32"),
+            "distance": ArraySpec((len(catalogue.names),), "float32"),
+        }
+        inputs = {"catalogue": catalogue.to_dict(), "source": source_fp, "version": VIEW_VERSION}
+        return Resolved(arrays=arrays, attrs=attrs, inputs=inputs, context=(src, catalogue, crs))
 
-
-def load_prepared(path: str | Path) -> PreparedOsm:
-    """The :class:`PreparedOsm` saved at ``path``, read once per process (later calls share it)."""
-    import pickle
-
-    key = str(path)
-    with _PREPARED_LOCK:
-        prep = _PREPARED.get(key)
-        if prep is None:
-            with open(key, "rb") as f:
-                prep = pickle.load(f)
-            _PREPARED.clear()  # one prepared source per process at a time
-            _PREPARED[key] = prep
-        return prep
-
-
-#: Local runs with at least this many pending rows use worker processes (the kernels are numpy glue
-#: that holds the GIL, so threads barely overlap); smaller runs stay on threads (no start-up cost).
-PROCESS_MIN_ROWS = 100_000
-
-
-def _use_processes(scheduler: str | None, num_workers: int | None, pending_rows: int) -> bool:
-    from geoembed.runtime import scheduler_address
-
-    address = scheduler_address(scheduler)
-    if address == "processes":
-        return True
-    if address not in (None, "threads"):
-        return False  # synchronous, or a distributed cluster (which ships ``prep`` itself)
-    workers = num_workers or (os.cpu_count() or 1)
-    return workers > 1 and pending_rows >= PROCESS_MIN_ROWS
-
-
-def _locations_hash(locations: gpd.GeoDataFrame) -> str:
-    h = hashlib.sha256()
-    for col in ("location_id", "lon", "lat"):
-        h.update(np.ascontiguousarray(locations[col].to_numpy()).tobytes())
-    return "sha256:" + h.hexdigest()
-
-
-def build_osm_view(
-    cfg: OsmViewConfig,
-    locations: gpd.GeoDataFrame,
-    out_dir: Path,
-    *,
-    dask_cfg: DaskConfig,
-    overwrite: bool = False,
-) -> ViewStore:
-    """Build (or resume) the OSM view store for ``locations`` in ``out_dir``; see the module docstring.
-
-    Store rows follow ``locations`` rows. Only chunks without a marker are computed, then the store
-    is finalised. Raises InputError/ConfigError naming the source or catalogue file on bad input.
-    """
-    import dask
-
-    from geoembed.runtime import run_tasks
-
-    src = Path(cfg.source)
-    catalogue = load_catalogue(cfg.catalogue)
-    if not src.is_file():
-        raise InputError(f"OSM source {src} (view {cfg.name!r}) does not exist")
-    source_fp = source_fingerprint(src)
-    lon = locations["lon"].to_numpy(dtype=np.float64)
-    lat = locations["lat"].to_numpy(dtype=np.float64)
-    crs = utm_crs(lon, lat)
-    radius_names = catalogue.radius_feature_names(cfg.radii_m)
-    attrs = {
-        "source": str(src),
-        "source_fingerprint": source_fp,
-        "crs": crs.to_string(),
-        "categories": catalogue.names,
-        "hex_categories": catalogue.hex_categories,
-        "distance_categories": catalogue.names,
-        "radius_features": radius_names,
-        "hex_mask": HEX_MASK.astype(int).tolist(),
-        "hex_stencil": HEX_STENCIL.astype(int).tolist(),
-        "hex_layout": "hex[c, 3 + di, 3 + dj] for H3 local IJ offset (di, dj) from the location's cell",
-        "h3_resolution": cfg.h3_resolution,
-        "radii_m": [float(r) for r in cfg.radii_m],
-        "max_distance_m": cfg.max_distance_m,
-        "catalogue": catalogue.to_dict(),
-        "validity": "valid = inside the convex hull of all features of the source; else NaN rows",
-        "view_version": VIEW_VERSION,
-    }
-    fingerprint = text_fingerprint({"config": cfg.model_dump(mode="json"), "catalogue": catalogue.to_dict(),
-                                    "source": source_fp, "locations": _locations_hash(locations),
-                                    "chunk_rows": dask_cfg.chunk_size, "version": VIEW_VERSION})
-    arrays = {
-        "hex": ArraySpec((len(catalogue.hex_categories), 7, 7), "float32"),
-        "radius": ArraySpec((len(radius_names),), "float32"),
-        "distance": ArraySpec((len(catalogue.names),), "float32"),
-    }
-    store = ViewStore.create_or_resume(
-        out_dir, location_ids=locations["location_id"].to_numpy(), arrays=arrays,
-        chunk_rows=dask_cfg.chunk_size, kind="osm", attrs=attrs, build_fingerprint=fingerprint,
-        overwrite=overwrite,
-    )
-    pending = store.pending_chunks()
-    if pending:
+    def prepare(self, resolved: Resolved, lon: np.ndarray, lat: np.ndarray) -> PreparedOsm:
+        """Read the source's features, categorise and project them, build the indexes."""
+        src, catalogue, crs = resolved.context
+        cfg = self.cfg
         feats = read_osm_features(src, catalogue.keys)
-        prep = prepare_osm(feats, catalogue, crs, h3_resolution=cfg.h3_resolution, radii_m=cfg.radii_m,
-                           max_distance_m=cfg.max_distance_m, token=fingerprint)
-        from pyproj import Transformer
+        return prepare_osm(feats, catalogue, crs, h3_resolution=cfg.h3_resolution, radii_m=cfg.radii_m,
+                           max_distance_m=cfg.max_distance_m, token=text_fingerprint(resolved.inputs))
 
-        x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(lon, lat)
-        rows = sum(b - a for a, b in map(store.chunk_bounds, pending))
-        procs = _use_processes(dask_cfg.scheduler, dask_cfg.num_workers, rows)
-        prep_file = Path(out_dir) / f".prepared-{os.getpid()}.pkl"
-        try:
-            if procs:  # each worker process reads the prepared features once from a file
-                prep_d = str(save_prepared(prep, prep_file))
-            else:
-                prep_d = dask.delayed(prep, traverse=False)
-            tasks = []
-            for i in pending:
-                a, b = store.chunk_bounds(i)
-                tasks.append(dask.delayed(_chunk_task, pure=False)(store, i, prep_d, x[a:b], y[a:b], lon[a:b],
-                                                                   lat[a:b]))
-            log.info("OSM view %s: %d of %d chunks to compute (%s)", cfg.name, len(tasks), store.n_chunks,
-                     "processes" if procs else "threads")
-            run_tasks(tasks, scheduler="processes" if procs else dask_cfg.scheduler,
-                      num_workers=dask_cfg.num_workers, desc=f"osm view {cfg.name}")
-        finally:
-            prep_file.unlink(missing_ok=True)
-    return store.finalize()
+    def compute_chunk(self, prepared: PreparedOsm, lon: np.ndarray, lat: np.ndarray) -> Chunk:
+        tune_malloc()
+        x, y = _to_metric(prepared.crs_wkt, lon, lat)
+        res = compute_osm_chunk(prepared, x, y, lon, lat)
+        return Chunk(res, valid=res.pop("valid"))

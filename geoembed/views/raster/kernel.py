@@ -7,8 +7,8 @@ their native dtype, ``atlas[slot, band, y, x]``, laid out on a grid of equal blo
 source is made: values are converted as they are sampled.
 
 For chip pixel (r, c) of location i the source position comes from the local quadratic model of
-:func:`geoembed.views.raster.source_pixel_frame`, with the same floating-point operations as
-:func:`geoembed.views.raster.chip_pixel_coords`, then shifted to the read grid
+:func:`geoembed.views.raster.geometry.source_pixel_frame`, with the same floating-point operations as
+:func:`geoembed.views.raster.geometry.chip_pixel_coords`, then shifted to the read grid
 (``u = (col - ox) / sx``). ``nearest`` takes the read pixel containing (u, v); ``bilinear`` takes the
 usual four neighbours of (u - 0.5, v - 0.5) with float32 weights, renormalised over the valid ones,
 and gives NaN when the nearest neighbour is invalid. A value is invalid when it lies outside the
