@@ -7,7 +7,11 @@ as mean +- sd over seeds:
 
 * held-out deviance ratio of GLM, GAM and LightGBM on the embeddings (and on coordinates, the baseline);
 * training diagnostics of the bundle: best epoch, held-out top-1 / top-5 retrieval, chance top-1,
-  held-out loss.
+  held-out loss;
+* how much of the views' own signal the embeddings keep: ``view_r2``, the held-out R^2 (same folds) of a
+  linear model predicting each tract's mean of every view band (6 Landsat bands + DEM, over the tract's
+  pixels) from the tract's embedding, averaged over the bands; and the GLM deviance ratio of those tract
+  means themselves (``views glm``), the level a perfect coordinate encoder of these views could approach.
 
     python benchmarks/bench_quality.py [--seeds 0 1 2 3 4] [--jobs 2] [--workdir runs/quality]
     python benchmarks/bench_quality.py --set train.jitter_m=200 --set train.epochs=16   # an experiment
@@ -26,11 +30,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 MODELS = ("glm", "gam", "gbm")
-DIAGNOSTICS = ("best_epoch", "val_top1", "val_top5", "chance_top1", "best_val_loss")
+DIAGNOSTICS = ("best_epoch", "val_top1", "val_top5", "chance_top1", "best_val_loss", "view_r2", "views_glm")
 
 
 def _set(data: dict, dotted: str, value) -> None:
@@ -58,6 +64,61 @@ def seed_config(config: Path, seed: int, workdir: Path, overrides: list[str]):
     return parse_config(data, origin=f"{config} (seed {seed})", base=config.resolve().parent)
 
 
+def tract_view_means(cfg) -> np.ndarray:
+    """(tracts, bands) mean of every raster view's bands over each Olinda tract's pixels (all touched)."""
+    import geopandas as gpd
+    import rasterio
+    from rasterio.features import rasterize
+
+    from geoembed.demo import OLINDA_TRACTS
+
+    tracts = gpd.read_file(OLINDA_TRACTS)
+    cols = []
+    for view in cfg.views:
+        for src in view.sources:
+            with rasterio.open(src) as ds:
+                shapes = ((g, i + 1) for i, g in enumerate(tracts.to_crs(ds.crs).geometry))
+                label = rasterize(shapes, out_shape=(ds.height, ds.width), transform=ds.transform, fill=0,
+                                  all_touched=True, dtype="int32").ravel()
+                data = ds.read(masked=True).astype("float64")
+            for band in data:
+                ok = ~np.ma.getmaskarray(band).ravel() & (label > 0)
+                sums = np.bincount(label[ok], weights=band.filled(0).ravel()[ok], minlength=len(tracts) + 1)
+                counts = np.bincount(label[ok], minlength=len(tracts) + 1)
+                cols.append(sums[1:] / np.maximum(counts[1:], 1))
+    return np.column_stack(cols)
+
+
+def view_signal(cfg, table, folds) -> dict:
+    """Held-out R^2 of the tract view means from the embeddings, and the GLM ratio on the view means."""
+    from sklearn.linear_model import LinearRegression, PoissonRegressor
+
+    means = tract_view_means(cfg)
+    emb = table[[c for c in table.columns if c.startswith("emb_")]].to_numpy(float)
+    z = (means - means.mean(0)) / np.where(means.std(0) > 0, means.std(0), 1.0)
+    pred = np.zeros_like(z)
+    y = table[cfg.evaluate.target].to_numpy(float)
+    expo = table[cfg.evaluate.exposure].to_numpy(float)
+    dev_model, dev_null = 0.0, 0.0
+    for f in np.unique(folds[folds >= 0]):
+        tr, te = folds != f, folds == f
+        pred[te] = LinearRegression().fit(emb[tr], z[tr]).predict(emb[te])
+        # rate model on the view means: Poisson GLM of y / exposure weighted by exposure (log link)
+        glm = PoissonRegressor(alpha=1e-4, max_iter=1000).fit(z[tr], y[tr] / expo[tr], sample_weight=expo[tr])
+        mu = glm.predict(z[te]) * expo[te]
+        mu0 = y[tr].sum() / expo[tr].sum() * expo[te]
+        dev_model += _poisson_dev(y[te], mu)
+        dev_null += _poisson_dev(y[te], mu0)
+    r2 = 1.0 - ((z - pred) ** 2).sum(0) / ((z - z.mean(0)) ** 2).sum(0)
+    return {"view_r2": float(np.mean(r2)), "views_glm": dev_model / dev_null}
+
+
+def _poisson_dev(y, mu) -> float:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(y > 0, y * np.log(y / mu), 0.0)
+    return float(2.0 * np.sum(t - (y - mu)))
+
+
 def run_seed(config: str, seed: int, workdir: str, overrides: list[str]) -> dict:
     """Run the demo for one seed; returns its figures."""
     import contextlib
@@ -71,10 +132,18 @@ def run_seed(config: str, seed: int, workdir: str, overrides: list[str]) -> dict
     t = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         res = run_demo(cfg, overwrite=True)
+    seconds = time.perf_counter() - t
     metrics = json.loads((Path(res["bundle"]) / "metrics.json").read_text())
     ratios = {(r["model"], r["features"]): r["deviance_ratio"] for r in res["pooled"]}
-    return {"seed": seed, "seconds": time.perf_counter() - t, "ratios": ratios,
-            "diagnostics": {k: metrics.get(k) for k in DIAGNOSTICS}}
+    from geoembed.evaluate.core import read_table
+    from geoembed.evaluate.splits import assign_folds
+
+    ev = cfg.evaluate
+    table = read_table(ev.table, ev.lon_col, ev.lat_col)
+    folds, _ = assign_folds(table, ev.split, ev.lon_col, ev.lat_col)
+    diag = {k: metrics.get(k) for k in DIAGNOSTICS}
+    diag.update(view_signal(cfg, table, folds))
+    return {"seed": seed, "seconds": seconds, "ratios": ratios, "diagnostics": diag}
 
 
 def _mean_sd(values: list[float]) -> str:
