@@ -34,7 +34,8 @@ from geoembed.enrich.core import (
 )
 from geoembed.enrich.reduction import Reduction
 from geoembed.errors import InputError
-from geoembed.io.atomic import atomic_write_json, text_fingerprint
+from geoembed.io.atomic import atomic_write_json
+from geoembed.io.fingerprint import text_fingerprint
 
 log = logging.getLogger(__name__)
 

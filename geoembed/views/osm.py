@@ -51,7 +51,7 @@ import shapely
 from geoembed.config.build import DaskConfig, OsmViewConfig
 from geoembed.errors import InputError
 from geoembed.geo import h3_cells, utm_crs
-from geoembed.io.atomic import source_fingerprint, text_fingerprint
+from geoembed.io.fingerprint import source_fingerprint, text_fingerprint
 from geoembed.io.viewstore import ArraySpec, ViewStore
 from geoembed.views.osm_catalogue import Catalogue, load_catalogue
 from geoembed.views.osm_geom import (

@@ -91,7 +91,7 @@ import pandas as pd
 
 from geoembed.config.build import DaskConfig, RasterViewConfig
 from geoembed.errors import ConfigError, InputError
-from geoembed.io.atomic import text_fingerprint
+from geoembed.io.fingerprint import text_fingerprint
 from geoembed.io.locations import validate_locations
 from geoembed.io.rasters import open_raster, raster_fingerprint
 from geoembed.io.tilecache import BlockArena, tile_cache
