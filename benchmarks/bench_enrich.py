@@ -170,16 +170,9 @@ def profile(bundle_dir: Path, table: Path, chunk_rows: int, workers: int | None)
     import pyarrow.parquet as pq
 
     from geoembed.enrich import hygiene as hy
-    from geoembed.enrich.core import (
-        Coordinates,
-        Enricher,
-        batch_coordinates,
-        embedding_arrays,
-        load_bundle_cached,
-        output_schema,
-        qa_arrays,
-        torch_threads,
-    )
+    from geoembed.enrich.arrow import embedding_arrays, output_schema, qa_arrays
+    from geoembed.enrich.coordinates import Coordinates, batch_coordinates
+    from geoembed.enrich.enricher import Enricher, load_bundle_cached, torch_threads
 
     enricher = Enricher(load_bundle_cached(bundle_dir), workers=workers)
     pf = pq.ParquetFile(table)

@@ -15,7 +15,7 @@ from pathlib import Path
 from geoembed.config import Config, load_config, save_resolved
 from geoembed.config.build import ViewConfig
 from geoembed.errors import InputError
-from geoembed.io.atomic import file_fingerprint, source_fingerprint, text_fingerprint
+from geoembed.io.fingerprint import file_fingerprint, source_fingerprint, text_fingerprint
 from geoembed.io.locations import read_locations, read_locations_meta, write_locations
 from geoembed.io.viewstore import ViewStore
 

@@ -83,13 +83,15 @@ def describe(path: str | Path) -> dict | list:
             raise InputError(f"{p} holds no geoembed artefact")
         return out
     if p.suffix.lower() in (".parquet", ".geoparquet"):
+        from geoembed.io.enriched import META_KEY as ENRICHED_META_KEY
         from geoembed.io.locations import LOCATION_META_KEY_STR
 
         info = _parquet_table(p)
         meta = info["metadata"].get(LOCATION_META_KEY_STR)
         if isinstance(meta, dict) and "sampling" in meta and "location_id" in info["columns"]:
             return _locations(p)
-        if isinstance(meta, dict) and "bundle" in meta:
+        enriched = info["metadata"].get(ENRICHED_META_KEY.decode())
+        if isinstance(enriched, dict) and "bundle" in enriched:
             info["artefact"] = "enriched table"
         return info
     raise InputError(f"{p}: not a geoembed artefact (expected a run folder, view store, bundle, report or Parquet)")

@@ -29,7 +29,7 @@ from geoembed.geo import (
     to_local_metres,
     wrap_lon,
 )
-from geoembed.io.atomic import file_fingerprint
+from geoembed.io.fingerprint import file_fingerprint
 from geoembed.io.locations import make_locations
 from geoembed.io.rasters import open_raster, raster_footprint
 

@@ -48,7 +48,8 @@ from geoembed.config import Config, load_config, save_resolved
 from geoembed.config.train import TrainConfig, ViewEncoderConfig
 from geoembed.errors import ConfigError, InputError
 from geoembed.geo import continuous_lon, grid_blocks, training_footprint, wrap_lon
-from geoembed.io.atomic import atomic_path, atomic_write_text, file_fingerprint, text_fingerprint
+from geoembed.io.atomic import atomic_path, atomic_write_text
+from geoembed.io.fingerprint import file_fingerprint, text_fingerprint
 from geoembed.nn.encodings import EARTH_RADIUS_M
 from geoembed.nn.fusion import FusionHead
 from geoembed.nn.losses import ContrastiveLoss

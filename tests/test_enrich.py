@@ -13,16 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 import shapely
 
-from geoembed.enrich.core import (
-    INVALID_COL,
-    OOS_COL,
-    SUPPORT_COL,
-    enrich_file,
-    load_bundle_cached,
-    read_enrich_metadata,
-)
+from geoembed.enrich import enrich_file, read_enrich_metadata
+from geoembed.enrich.enricher import load_bundle_cached
 from geoembed.errors import GeoembedError, InputError
 from geoembed.geo import SupportIndex, haversine_km
+from geoembed.io.enriched import INVALID_COL, OOS_COL, SUPPORT_COL
 from geoembed.testing.bundles import OLINDA_BOX as FOOTPRINT
 from geoembed.testing.bundles import TINY_EMB as EMB
 

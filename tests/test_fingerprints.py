@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from geoembed.io import atomic, fpcache
+from geoembed.io import fingerprint
 from geoembed.io.rasters import raster_fingerprint
 from geoembed.testing.rasters import from_origin, write_geotiff
 
@@ -16,19 +16,19 @@ UTM = "EPSG:32633"
 
 @pytest.fixture
 def small_threshold(monkeypatch):
-    monkeypatch.setattr(fpcache, "MIN_BYTES", 1)
-    monkeypatch.setattr(atomic, "_FINGERPRINTS", {})
+    monkeypatch.setattr(fingerprint, "MIN_BYTES", 1)
+    monkeypatch.setattr(fingerprint, "_FINGERPRINTS", {})
 
 
 def _count_hashes(monkeypatch) -> list[str]:
     calls: list[str] = []
-    real = atomic.file_fingerprint
+    real = fingerprint.file_fingerprint
 
     def counting(path, *a, **k):
         calls.append(str(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(atomic, "file_fingerprint", counting)
+    monkeypatch.setattr(fingerprint, "file_fingerprint", counting)
     return calls
 
 
@@ -36,18 +36,18 @@ def test_large_files_are_hashed_once_across_processes(tmp_path, small_threshold,
     f = tmp_path / "big.bin"
     f.write_bytes(b"a" * 1000)
     calls = _count_hashes(monkeypatch)
-    first = atomic.source_fingerprint(f)
-    assert first == atomic.file_fingerprint(f) and len(calls) == 2  # the call above and the check
+    first = fingerprint.source_fingerprint(f)
+    assert first == fingerprint.file_fingerprint(f) and len(calls) == 2  # the call above and the check
     calls.clear()
-    monkeypatch.setattr(atomic, "_FINGERPRINTS", {})  # as a new process
-    assert atomic.source_fingerprint(f) == first and calls == []  # from the on-disk cache
-    assert fpcache.cache_file().is_file()
+    monkeypatch.setattr(fingerprint, "_FINGERPRINTS", {})  # as a new process
+    assert fingerprint.source_fingerprint(f) == first and calls == []  # from the on-disk cache
+    assert fingerprint.cache_file().is_file()
     # rewritten (new size and time): hashed again, new value
     f.write_bytes(b"b" * 1001)
     st = f.stat()
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    monkeypatch.setattr(atomic, "_FINGERPRINTS", {})
-    second = atomic.source_fingerprint(f)
+    monkeypatch.setattr(fingerprint, "_FINGERPRINTS", {})
+    second = fingerprint.source_fingerprint(f)
     assert second != first and len(calls) == 1
 
 
@@ -57,28 +57,28 @@ def test_an_unwritable_or_disabled_cache_only_costs_a_rehash(tmp_path, small_thr
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setenv("GEOEMBED_CACHE_DIR", str(blocker))
-    want = atomic.file_fingerprint(f)
-    assert atomic.source_fingerprint(f) == want
+    want = fingerprint.file_fingerprint(f)
+    assert fingerprint.source_fingerprint(f) == want
     monkeypatch.setenv("GEOEMBED_CACHE_DIR", "")
-    assert fpcache.cache_file() is None
-    monkeypatch.setattr(atomic, "_FINGERPRINTS", {})
-    assert atomic.source_fingerprint(f) == want
+    assert fingerprint.cache_file() is None
+    monkeypatch.setattr(fingerprint, "_FINGERPRINTS", {})
+    assert fingerprint.source_fingerprint(f) == want
 
 
 def test_a_corrupt_cache_file_is_ignored(tmp_path, small_threshold, monkeypatch):
     f = tmp_path / "y.bin"
     f.write_bytes(b"y" * 50)
-    fpcache.cache_file().parent.mkdir(parents=True, exist_ok=True)
-    fpcache.cache_file().write_text("{not json")
-    assert atomic.source_fingerprint(f) == atomic.file_fingerprint(f)
+    fingerprint.cache_file().parent.mkdir(parents=True, exist_ok=True)
+    fingerprint.cache_file().write_text("{not json")
+    assert fingerprint.source_fingerprint(f) == fingerprint.file_fingerprint(f)
 
 
 def test_small_files_stay_out_of_the_cache(tmp_path, monkeypatch):
-    monkeypatch.setattr(atomic, "_FINGERPRINTS", {})
+    monkeypatch.setattr(fingerprint, "_FINGERPRINTS", {})
     f = tmp_path / "small.bin"
     f.write_bytes(b"s" * 10)
-    atomic.source_fingerprint(f)
-    path = fpcache.cache_file()
+    fingerprint.source_fingerprint(f)
+    path = fingerprint.cache_file()
     assert not path.exists() or str(f.resolve()) not in path.read_text()
 
 
@@ -94,8 +94,8 @@ def test_vrt_fingerprint_changes_with_a_member_file(tmp_path):
         "</SimpleSource></VRTRasterBand></VRTDataset>"
     )
     before = raster_fingerprint(vrt)
-    assert raster_fingerprint(a) == atomic.file_fingerprint(a)  # a lone GeoTIFF: its file's sha256
-    assert before != atomic.file_fingerprint(vrt)  # the VRT's covers its member too
+    assert raster_fingerprint(a) == fingerprint.file_fingerprint(a)  # a lone GeoTIFF: its file's sha256
+    assert before != fingerprint.file_fingerprint(vrt)  # the VRT's covers its member too
     write_geotiff(a, np.full((1, 20, 20), 2, np.float32), crs=UTM, transform=grid)  # same size, new values
     st = a.stat()
     os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))

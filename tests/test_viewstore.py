@@ -78,7 +78,7 @@ def test_open_non_store_is_clear(tmp_path):
 
 
 def test_source_fingerprint_remote_cached_and_missing(tmp_path):
-    from geoembed.io.atomic import file_fingerprint, source_fingerprint
+    from geoembed.io.fingerprint import file_fingerprint, source_fingerprint
 
     assert source_fingerprint("/vsicurl/https://example.org/a.tif") == "remote:/vsicurl/https://example.org/a.tif"
     p = tmp_path / "a.bin"

@@ -1,10 +1,28 @@
 """Enrichment: any table with coordinates -> the same rows plus embedding columns (and QA flags).
 
+Entry point: :func:`enrich_file` (one CSV/Parquet/GeoParquet file -> an enriched table, the format of
+:mod:`geoembed.io.enriched`); the ``geoembed enrich`` command (``configure_parser(parser)`` /
+``run(args)``) calls it, or :func:`enrich_directory` for a folder of Parquet parts on Dask. Also:
+
 * :class:`LocationEmbedder` - scikit-learn transformer (``geoembed.LocationEmbedder``).
-* :func:`enrich_file` / :func:`enrich_directory` - streaming CSV/Parquet/GeoParquet enrichment, one
-  file or a folder of Parquet parts on Dask (what ``geoembed enrich`` runs).
 * :func:`fit_reduction_file` and :class:`Reduction` - optional PCA/whitening to k components.
-* ``configure_parser(parser)`` / ``run(args)`` - the ``geoembed enrich`` command.
+* :func:`read_enrich_metadata` - what an enriched table records (bundle, input, columns, totals).
+
+Modules, each with one concern (arrows are imports)::
+
+    command -------> driver, parts, fit_reduction, enricher        the CLI (imports them lazily)
+    parts ---------> driver, enricher, tables, reduction           a folder of parts on Dask; resume
+    fit_reduction -> driver, enricher, tables, coordinates         a reduction fitted on a reference table
+    driver --------> enricher, tables, coordinates, arrow          one file: stream, prefetch, atomic output
+    transformer ---> enricher, hygiene, reduction                  LocationEmbedder, in memory
+    enricher ------> hygiene, reduction                            coordinates -> embeddings + QA values
+    arrow ---------> coordinates, hygiene                          output schema, embedding/QA columns
+    tables --------> coordinates                                   streaming CSV/Parquet sources and sinks
+    coordinates ---> hygiene                                       lon/lat columns or point geometry
+    hygiene, reduction                                             numpy/pandas only
+
+All of them use :mod:`geoembed.io.enriched` (column names, metadata, sidecars), :mod:`geoembed.io.atomic`
+and :mod:`geoembed.errors`; none imports another stage.
 
 Heavy dependencies (torch, scikit-learn, pyarrow) load on first use, so the CLI starts fast.
 """
@@ -16,16 +34,13 @@ from typing import TYPE_CHECKING
 from geoembed.enrich.command import configure_parser, run
 
 if TYPE_CHECKING:  # pragma: no cover
-    from geoembed.enrich.core import (
-        Enricher,
-        EnrichSummary,
-        enrich_file,
-        fit_reduction_file,
-        read_enrich_metadata,
-    )
+    from geoembed.enrich.driver import EnrichSummary, enrich_file
+    from geoembed.enrich.enricher import Enricher
+    from geoembed.enrich.fit_reduction import fit_reduction_file
     from geoembed.enrich.parts import enrich_directory
     from geoembed.enrich.reduction import Reduction
     from geoembed.enrich.transformer import LocationEmbedder
+    from geoembed.io.enriched import read_enrich_metadata
 
 __all__ = [
     "EnrichSummary", "Enricher", "LocationEmbedder", "Reduction", "configure_parser", "enrich_directory",
@@ -34,11 +49,11 @@ __all__ = [
 
 _LAZY = {
     "LocationEmbedder": "geoembed.enrich.transformer",
-    "Enricher": "geoembed.enrich.core",
-    "EnrichSummary": "geoembed.enrich.core",
-    "enrich_file": "geoembed.enrich.core",
-    "fit_reduction_file": "geoembed.enrich.core",
-    "read_enrich_metadata": "geoembed.enrich.core",
+    "Enricher": "geoembed.enrich.enricher",
+    "EnrichSummary": "geoembed.enrich.driver",
+    "enrich_file": "geoembed.enrich.driver",
+    "fit_reduction_file": "geoembed.enrich.fit_reduction",
+    "read_enrich_metadata": "geoembed.io.enriched",
     "enrich_directory": "geoembed.enrich.parts",
     "Reduction": "geoembed.enrich.reduction",
 }

@@ -31,7 +31,7 @@ def _positive_int(text: str) -> int:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``geoembed enrich`` (and of ``geoembed enrich fit-reduction``)."""
-    from geoembed.enrich.core import DEFAULT_EMBED_BATCH
+    from geoembed.enrich.enricher import DEFAULT_EMBED_BATCH
 
     parser.description = __doc__.split("\n\n")[0] if __doc__ else None
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     inp, out = Path(args.input), Path(args.output)
     if args.action == "fit-reduction":
-        from geoembed.enrich.core import fit_reduction_file
+        from geoembed.enrich.fit_reduction import fit_reduction_file
 
         if args.n_components is None:
             raise InputError("fit-reduction needs --n-components K")
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                                    reduction=args.reduction, embed_batch=args.embed_batch,
                                    scheduler=args.scheduler, num_workers=args.workers)
     else:
-        from geoembed.enrich.core import enrich_file
+        from geoembed.enrich.driver import enrich_file
 
         if args.scheduler:
             raise InputError("--scheduler applies to a folder of Parquet parts; a single file is "

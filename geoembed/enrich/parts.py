@@ -13,32 +13,28 @@ must see the same file system paths (bundle, input and output).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import time
 from pathlib import Path
 
-from geoembed.enrich.core import (
-    DEFAULT_CHUNK_ROWS,
-    DEFAULT_EMBED_BATCH,
-    EnrichSummary,
-    bundle_info,
-    default_workers,
-    enrich_file,
-    list_parts,
-    load_bundle_cached,
-    read_enrich_metadata,
-    torch_threads,
-)
+from geoembed.enrich.driver import DEFAULT_CHUNK_ROWS, EnrichSummary, enrich_file
+from geoembed.enrich.enricher import DEFAULT_EMBED_BATCH, default_workers, load_bundle_cached, torch_threads
 from geoembed.enrich.reduction import Reduction
+from geoembed.enrich.tables import list_parts
 from geoembed.errors import InputError
-from geoembed.io.atomic import atomic_write_json, text_fingerprint
+from geoembed.io.enriched import (
+    SUMMARY_FILE,
+    read_directory_summary,
+    read_enrich_metadata,
+    write_directory_summary,
+)
+from geoembed.io.fingerprint import text_fingerprint
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "_geoembed.json"
+__all__ = ["SUMMARY_FILE", "enrich_directory", "enrich_part", "read_directory_summary"]
 
 
 def _source_stamp(path: Path) -> dict:
@@ -155,24 +151,12 @@ def enrich_directory(bundle_path: str | os.PathLike, input_dir: str | os.PathLik
     if missing:  # pragma: no cover - a task that returned without writing is a bug
         raise InputError(f"parts {missing[:5]} were not written to {staging}")
     summary.seconds = time.perf_counter() - t0
-    import geoembed
-
-    atomic_write_json(staging / SUMMARY_FILE, {
-        "geoembed_version": geoembed.__version__, "bundle": bundle_info(bundle), "job": job,
-        "parts": [p.name for p in parts], "rows": summary.rows, "invalid": summary.invalid,
-        "by_reason": summary.by_reason, "out_of_support": summary.out_of_support,
-        "out_of_support_km": summary.out_of_support_km, "complete": True,
-        "input": str(input_dir.resolve()),
-    })
+    write_directory_summary(staging, bundle=bundle, job=job, parts=[p.name for p in parts],
+                            totals={"rows": summary.rows, "invalid": summary.invalid,
+                                    "by_reason": summary.by_reason, "out_of_support": summary.out_of_support,
+                                    "out_of_support_km": summary.out_of_support_km},
+                            input_dir=input_dir)
     _replace_folder(staging, output_dir)
     summary.seconds = time.perf_counter() - t0
     log.debug("%s", summary.line())
     return summary
-
-
-def read_directory_summary(output_dir: str | os.PathLike) -> dict:
-    """The ``_geoembed.json`` of an enriched folder."""
-    p = Path(output_dir) / SUMMARY_FILE
-    if not p.is_file():
-        raise InputError(f"{output_dir} is not a complete `geoembed enrich` output (no {SUMMARY_FILE})")
-    return json.loads(p.read_text())

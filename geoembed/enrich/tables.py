@@ -7,144 +7,27 @@ chunk by chunk into a temporary file that is renamed onto the target only when c
 CSV: read with ``pyarrow.csv.open_csv`` (streaming). For CSV output every column is read as text, so
 values pass through unchanged (quoting may differ). For Parquet output column types are inferred
 (as pandas would); the coordinate columns are parsed to float64.
-GeoParquet: the primary geometry column (WKB or GeoArrow point encoding, any CRS) gives lon/lat in
-EPSG:4326; the geometry column itself is kept unchanged, and so is the ``geo`` metadata.
+GeoParquet: the ``geo`` metadata is parsed on opening (:func:`geoembed.enrich.coordinates.geo_info`);
+the geometry column itself is kept unchanged, and so is the ``geo`` metadata.
+:func:`open_source` opens a file by its name's format (:func:`geoembed.io.enriched.table_format`);
+:func:`list_parts` lists a folder's Parquet parts.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
+from geoembed.enrich.coordinates import GeoInfo, geo_info
 from geoembed.errors import InputError
+from geoembed.io.enriched import CSV_SUFFIXES, PARQUET_SUFFIXES, table_format
 
-PARQUET_SUFFIXES = (".parquet", ".pq", ".geoparquet", ".parq")
-CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.lz4", ".txt")
-
-
-def table_format(path: str | os.PathLike) -> str:
-    """'csv' or 'parquet' from a file name; InputError for anything else."""
-    name = Path(path).name.lower()
-    if name.endswith(PARQUET_SUFFIXES):
-        return "parquet"
-    if name.endswith(CSV_SUFFIXES):
-        return "csv"
-    raise InputError(f"{path}: unknown table format; use a .csv (optionally .gz/.bz2/.zst) or "
-                     f".parquet/.geoparquet file, or a folder of .parquet parts")
-
-
-@dataclass
-class GeoInfo:
-    """The primary geometry column of a GeoParquet file."""
-
-    column: str
-    encoding: str  # "WKB" or "point"
-    crs: object  # pyproj.CRS
-    transformer: object | None  # pyproj.Transformer to EPSG:4326 lon/lat, or None when already lon/lat
-
-    def describe(self) -> str:
-        return f"geometry column '{self.column}' ({self.encoding}, {self.crs.to_string()})"
-
-
-def geo_info(schema: pa.Schema, origin: str) -> GeoInfo | None:
-    """Parse GeoParquet ``geo`` metadata; None for a plain table."""
-    md = schema.metadata or {}
-    if b"geo" not in md:
-        return None
-    try:
-        geo = json.loads(md[b"geo"])
-        col = geo["primary_column"]
-        spec = geo["columns"][col]
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{origin}: malformed GeoParquet 'geo' metadata ({err})") from None
-    if col not in schema.names:
-        raise InputError(f"{origin}: GeoParquet primary column '{col}' is not in the table")
-    encoding = str(spec.get("encoding", "WKB"))
-    if encoding.upper() == "WKB":
-        encoding = "WKB"
-    elif encoding.lower() != "point":
-        raise InputError(f"{origin}: geometry column '{col}' has encoding {encoding!r}; enrichment needs "
-                         f"points (WKB or GeoArrow 'point')")
-    else:
-        encoding = "point"
-    from pyproj import CRS, Transformer
-
-    crs_spec = spec.get("crs", "OGC:CRS84")
-    if crs_spec is None:
-        raise InputError(f"{origin}: geometry column '{col}' has an undefined CRS (crs: null); "
-                         f"set its CRS before enriching")
-    try:
-        crs = CRS.from_user_input(crs_spec) if not isinstance(crs_spec, dict) else CRS.from_json_dict(crs_spec)
-    except Exception as err:  # noqa: BLE001 - pyproj raises several types
-        raise InputError(f"{origin}: cannot understand the CRS of geometry column '{col}': {err}") from None
-    lonlat = CRS.from_user_input("OGC:CRS84")
-    wgs84 = CRS.from_epsg(4326)
-    transformer = None
-    if not (crs.equals(lonlat, ignore_axis_order=True) or crs.equals(wgs84, ignore_axis_order=True)):
-        transformer = Transformer.from_crs(crs, wgs84, always_xy=True)
-    return GeoInfo(col, encoding, crs, transformer)
-
-
-def points_xy(col, geo: GeoInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x, y (in the column's CRS) of a geometry column; third result: True where not a single point.
-
-    Null or empty geometries give NaN (missing). Little-endian 2D WKB points are decoded with numpy
-    directly (no geometry objects); anything else goes through shapely.
-    """
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-    n = len(col)
-    if geo.encoding == "point":
-        if not pa.types.is_struct(col.type):
-            raise InputError(f"geometry column '{geo.column}' is declared as GeoArrow points but has type "
-                             f"{col.type}")
-        x = col.field(0).to_numpy(zero_copy_only=False).astype(np.float64)
-        y = col.field(1).to_numpy(zero_copy_only=False).astype(np.float64)
-        if col.null_count:
-            null = col.is_null().to_numpy(zero_copy_only=False)
-            x[null] = np.nan
-            y[null] = np.nan
-        return x, y, np.zeros(n, dtype=bool)
-    if not (pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type)):
-        raise InputError(f"geometry column '{geo.column}' is declared as WKB but has type {col.type}")
-    fast = _wkb_points_fast(col)
-    if fast is not None:
-        return fast
-    import shapely
-
-    geoms = shapely.from_wkb(col.to_numpy(zero_copy_only=False), on_invalid="ignore")
-    type_id = shapely.get_type_id(geoms)
-    is_point = type_id == 0
-    empty = shapely.is_empty(geoms) | (type_id < 0)
-    x = np.full(n, np.nan)
-    y = np.full(n, np.nan)
-    ok = is_point & ~empty
-    x[ok] = shapely.get_x(geoms[ok])
-    y[ok] = shapely.get_y(geoms[ok])
-    return x, y, ~is_point & ~empty
-
-
-def _wkb_points_fast(col) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Decode a binary array of 21-byte little-endian 2D WKB points without shapely (None if not that)."""
-    if col.null_count or len(col) == 0 or col.offset:
-        return None
-    bufs = col.buffers()
-    offset_dtype = np.int64 if pa.types.is_large_binary(col.type) else np.int32
-    offsets = np.frombuffer(bufs[1], dtype=offset_dtype, count=len(col) + 1)
-    if offsets[0] != 0 or not np.all(np.diff(offsets) == 21):
-        return None
-    raw = np.frombuffer(bufs[2], dtype=np.uint8, count=21 * len(col)).reshape(-1, 21)
-    if not (np.all(raw[:, 0] == 1) and np.all(raw[:, 1:5].view("<u4")[:, 0] == 1)):
-        return None
-    xy = raw[:, 5:21].copy().view("<f8")
-    return xy[:, 0].copy(), xy[:, 1].copy(), np.zeros(len(col), dtype=bool)
+__all__ = ["CSV_SUFFIXES", "PARQUET_SUFFIXES", "CsvSink", "CsvSource", "CsvTypeRetry", "ParquetSink",
+           "ParquetSource", "Sink", "Source", "list_parts", "open_source", "table_format"]
 
 
 class Source:
@@ -372,3 +255,24 @@ class CsvSink(Sink):
                 obj.close()
             except Exception:  # noqa: BLE001 - the temporary file is discarded anyway
                 pass
+
+
+def open_source(path: Path, chunk_rows: int, out_format: str, text_columns: set[str]) -> Source:
+    """Open a CSV or Parquet input. A CSV read for CSV output is all text (values pass through unchanged);
+    for Parquet output only ``text_columns`` are read as text, the others type-inferred."""
+    fmt = table_format(path)
+    if fmt == "parquet":
+        return ParquetSource(path, chunk_rows)
+    return CsvSource(path, chunk_rows, text_columns="*" if out_format == "csv" else text_columns)
+
+
+def list_parts(folder: str | os.PathLike) -> list[Path]:
+    """The Parquet parts of a folder (sorted by name); InputError when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"input folder {folder} does not exist")
+    parts = sorted(p for p in folder.iterdir()
+                   if p.is_file() and p.name.lower().endswith(PARQUET_SUFFIXES) and not p.name.startswith((".", "_")))
+    if not parts:
+        raise InputError(f"input folder {folder} holds no .parquet parts")
+    return parts

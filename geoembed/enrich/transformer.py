@@ -23,9 +23,10 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_array, check_is_fitted
 
 from geoembed.enrich import hygiene as hy
-from geoembed.enrich.core import DEFAULT_EMBED_BATCH, Enricher, embedding_names, load_bundle_cached
+from geoembed.enrich.enricher import DEFAULT_EMBED_BATCH, Enricher, load_bundle_cached
 from geoembed.enrich.reduction import Reduction, reduced_names
 from geoembed.errors import InputError
+from geoembed.io.enriched import embedding_names
 
 log = logging.getLogger(__name__)
 

@@ -114,7 +114,7 @@ def embedder_fingerprint(embedder, bundle: str | None = None) -> str | None:
         if isinstance(val, str):
             return val
     if bundle:
-        from geoembed.io.atomic import file_fingerprint, text_fingerprint
+        from geoembed.io.fingerprint import file_fingerprint, text_fingerprint
 
         p = Path(bundle)
         files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p] if p.is_file() else []

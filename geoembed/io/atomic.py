@@ -1,9 +1,11 @@
-"""Atomic file writes: write to a temporary sibling, fsync, then rename over the target."""
+"""Atomic file writes: write to a temporary sibling, fsync, then rename over the target.
+
+(Fingerprints of files and objects are in :mod:`geoembed.io.fingerprint`.)
+"""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -61,57 +63,3 @@ def atomic_write_text(target: str | os.PathLike, text: str) -> Path:
 def atomic_write_json(target: str | os.PathLike, obj) -> Path:
     """Write ``obj`` as indented JSON to ``target`` atomically."""
     return atomic_write_text(target, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def file_fingerprint(path: str | os.PathLike, block: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, as ``sha256:<hex>``. Names the file if it cannot be read."""
-    p = Path(path)
-    h = hashlib.sha256()
-    try:
-        with open(p, "rb") as fh:
-            while chunk := fh.read(block):
-                h.update(chunk)
-    except FileNotFoundError:
-        from geoembed.errors import InputError
-
-        raise InputError(f"{p} does not exist") from None
-    except OSError as err:
-        from geoembed.errors import InputError
-
-        raise InputError(f"cannot read {p}: {err.strerror or err}") from None
-    return "sha256:" + h.hexdigest()
-
-
-_FINGERPRINTS: dict[tuple, str] = {}
-
-
-def source_fingerprint(path: str | os.PathLike) -> str:
-    """Fingerprint of an input source: ``remote:<url>`` for GDAL remote paths (``s3://``, ``/vsicurl/``
-    ...), else the file's sha256, computed once per process for a given (path, size, mtime) and, for
-    large files, remembered across processes (:mod:`geoembed.io.fpcache`)."""
-    from geoembed.io import fpcache
-
-    p = str(path)
-    if "://" in p or p.startswith("/vsi"):
-        return f"remote:{p}"
-    try:
-        st = os.stat(p)
-    except FileNotFoundError:
-        from geoembed.errors import InputError
-
-        raise InputError(f"{p} does not exist") from None
-    real = os.path.realpath(p)
-    key = (real, st.st_size, st.st_mtime_ns)
-    if key not in _FINGERPRINTS:
-        fp = fpcache.lookup(real, st)
-        if fp is None:
-            fp = file_fingerprint(p)
-            fpcache.remember(real, st, fp)
-        _FINGERPRINTS[key] = fp
-    return _FINGERPRINTS[key]
-
-
-def text_fingerprint(obj) -> str:
-    """sha256 of a JSON-serialisable object in canonical form."""
-    data = json.dumps(obj, sort_keys=True, default=str).encode()
-    return "sha256:" + hashlib.sha256(data).hexdigest()

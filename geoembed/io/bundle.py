@@ -29,6 +29,7 @@ import yaml
 from geoembed.errors import InputError
 from geoembed.io.atomic import atomic_path
 from geoembed.nn.networks import CoordinateEncoder, build_coordinate_encoder
+from geoembed.version import __version__
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -46,12 +47,6 @@ CONFIG = "config.yaml"
 METRICS = "metrics.json"
 _MIN_ROWS = 64
 _CHUNK = 4096  # rows per forward pass: keeps the (chunk, L^2) harmonics block in cache
-
-
-def _package_version() -> str:
-    from geoembed import __version__
-
-    return __version__
 
 
 def _normalisation(spec: dict) -> dict:
@@ -115,7 +110,7 @@ def save_bundle(
         "footprint": shapely.geometry.mapping(footprint),
         "normalisation": _normalisation(spec),
         "data_fingerprint": data_fingerprint,
-        "package_version": _package_version(),
+        "package_version": __version__,
         "out_of_support_km": float(out_of_support_km),
     }
     weights = _weights_bytes(encoder)

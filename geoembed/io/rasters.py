@@ -41,7 +41,7 @@ def raster_fingerprint(path: str | os.PathLike, files: list[str] | None = None) 
     fingerprint; a VRT (or a file with sidecars such as .ovr, .msk, .aux.xml) combines those of all its
     files in GDAL's order, so a changed mosaic tile changes the VRT's fingerprint too. ``files``: the
     dataset's ``files`` when the caller has it open already."""
-    from geoembed.io.atomic import source_fingerprint, text_fingerprint
+    from geoembed.io.fingerprint import source_fingerprint, text_fingerprint
 
     p = str(path)
     if "://" in p or p.startswith("/vsi"):

@@ -32,7 +32,7 @@ import pandas as pd
 
 from geoembed.config.build import DaskConfig, ViewConfig
 from geoembed.errors import ConfigError
-from geoembed.io.atomic import text_fingerprint
+from geoembed.io.fingerprint import text_fingerprint
 from geoembed.io.locations import validate_locations
 from geoembed.io.viewstore import ViewStore
 from geoembed.views.base import View

@@ -47,7 +47,7 @@ import shapely
 from geoembed.config.build import OsmViewConfig
 from geoembed.errors import InputError
 from geoembed.geo import h3_cells, utm_crs
-from geoembed.io.atomic import source_fingerprint, text_fingerprint
+from geoembed.io.fingerprint import source_fingerprint, text_fingerprint
 from geoembed.io.viewstore import ArraySpec
 from geoembed.views.base import Chunk, Resolved, View
 from geoembed.views.osm_catalogue import Catalogue, load_catalogue

@@ -1,0 +1,84 @@
+"""Fit a reduction (PCA, optionally whitened) on the embeddings of a reference table, streamed.
+
+The table (a CSV/Parquet/GeoParquet file or a folder of Parquet parts) is read chunk by chunk like
+:func:`geoembed.enrich.enrich_file` does, with the same coordinate hygiene and swapped-columns check;
+only the d x d covariance of the valid rows' embeddings is accumulated
+(:class:`~geoembed.enrich.reduction.CovarianceAccumulator`). The result is saved as JSON
+(:class:`~geoembed.enrich.reduction.Reduction`) for ``enrich_file(..., reduction=...)``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from pathlib import Path
+
+from geoembed.enrich import hygiene as hy
+from geoembed.enrich.coordinates import batch_coordinates, resolve_coordinates
+from geoembed.enrich.driver import DEFAULT_CHUNK_ROWS
+from geoembed.enrich.enricher import Enricher, load_bundle_cached, torch_threads
+from geoembed.enrich.reduction import CovarianceAccumulator, Reduction
+from geoembed.enrich.tables import CsvTypeRetry, list_parts, open_source
+from geoembed.errors import InputError
+from geoembed.io.enriched import bundle_info
+
+__all__ = ["fit_reduction_file"]
+
+
+def fit_reduction_file(bundle, input_path: str | os.PathLike, output_path: str | os.PathLike, *,
+                       n_components: int, method: str = "pca", lon_col: str | None = None,
+                       lat_col: str | None = None, on_invalid: str = "error",
+                       chunk_rows: int = DEFAULT_CHUNK_ROWS, workers: int | None = None) -> Reduction:
+    """Fit a PCA/whitening reduction on the embeddings of a reference table (streamed) and save it.
+
+    ``input_path`` is a CSV/Parquet/GeoParquet file or a folder of Parquet parts. Invalid rows are an
+    error (``on_invalid="error"``) or skipped (``"null"``). Returns the saved :class:`Reduction`.
+    """
+    input_path = Path(input_path)
+    if isinstance(bundle, str | os.PathLike):
+        bundle = load_bundle_cached(bundle)
+    files = list_parts(input_path) if input_path.is_dir() else [input_path]
+    enricher = Enricher(bundle, on_invalid=on_invalid, workers=workers)
+    acc = CovarianceAccumulator(int(bundle.embedding_dim))
+    report = hy.HygieneReport()
+    try:
+        starts: list[int] = []  # first row of each file in the running row count
+
+        def where(row: int) -> str:
+            k = bisect.bisect_right(starts, row) - 1
+            return f"{files[k].name} row {row - starts[k]}"
+
+        with torch_threads(1 if enricher.workers > 1 else None):
+            offset = 0
+            for f in files:
+                starts.append(offset)
+                source = open_source(f, chunk_rows, "parquet", {lon_col or "lon", lat_col or "lat"})
+                coords = resolve_coordinates(source.schema, str(f), lon_col, lat_col, source.geo)
+                try:
+                    for batch in source.batches():
+                        lon, lat, codes, lon_raw, lat_raw = batch_coordinates(batch, coords)
+                        enricher.check(lon, lat, codes, report, offset, lon_raw, lat_raw)
+                        offset += batch.num_rows
+                        if report.looks_swapped():
+                            raise InputError(report.swapped_message(str(input_path), *coords.labels))
+                        if report.invalid and on_invalid == "error":
+                            continue
+                        valid = codes == hy.OK
+                        if valid.any():
+                            acc.add(enricher.embed_valid(lon[valid], lat[valid]))
+                finally:
+                    source.close()
+            if report.invalid and on_invalid == "error":
+                raise InputError(report.invalid_message(str(input_path), *coords.labels,
+                                                        where=where if input_path.is_dir() else None))
+    except CsvTypeRetry as retry:
+        raise InputError(f"{input_path}: column '{retry.column}' changes type after the first block; "
+                         f"convert the reference table to Parquet") from None
+    finally:
+        enricher.close()
+    red = Reduction.from_covariance(acc, int(n_components), method, bundle_fingerprint=bundle.fingerprint,
+                                    info={"source": str(input_path.resolve()), "rows": report.rows,
+                                          "invalid_skipped": report.invalid,
+                                          "bundle_path": bundle_info(bundle)["path"]})
+    red.save(output_path)
+    return red
