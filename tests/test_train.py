@@ -15,64 +15,23 @@ import pytest
 import torch
 
 from geoembed.config import load_config, parse_config
-from geoembed.io.locations import make_locations, write_locations
-from geoembed.io.viewstore import ArraySpec, ViewStore
+from geoembed.testing.worlds import LAT0, LON0, SyntheticView
+from geoembed.testing.worlds import make_world as synthetic_world
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
-LON0, LAT0 = -34.87, -7.99
-
-
-def _field(x: np.ndarray, y: np.ndarray, channel: int) -> np.ndarray:
-    """A smooth deterministic field (wavelengths 1-5 km) of metric coordinates, one per channel."""
-    rng = np.random.default_rng(100 + channel)
-    x, y = np.broadcast_arrays(x, y)
-    out = np.zeros(x.shape)
-    for _ in range(6):
-        wl = rng.uniform(1000, 5000)
-        ang = rng.uniform(0, np.pi)
-        ph = rng.uniform(0, 2 * np.pi)
-        out += np.sin(2 * np.pi * (x * np.cos(ang) + y * np.sin(ang)) / wl + ph)
-    return out
 
 
 def make_world(workdir: Path, n: int = 1200, extent_m: float = 5000.0, chip: int = 8,
                invalid_frac: float = 0.05, seed: int = 0, tab: bool = False) -> Path:
-    """A synthetic world: each view is a known function of location.
-
-    ``img``: (3, chip, chip) chips sampling three smooth fields at 60 m pixels around the location;
-    ``tab`` (optional): a 4-vector of other fields at the location. ``block_id`` from a 1 km grid.
-    A fraction of rows is invalid (NaN chips, valid False).
-    """
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(0, extent_m, n)
-    y = rng.uniform(0, extent_m, n)
-    m_per_deg = 111_320.0
-    lon = LON0 + x / (m_per_deg * math.cos(math.radians(LAT0)))
-    lat = LAT0 + y / m_per_deg
-    block = (np.floor(x / 1000) * 100 + np.floor(y / 1000)).astype(np.int64)
-    workdir.mkdir(parents=True, exist_ok=True)
-    write_locations(make_locations(np.arange(n) + 1000, lon, lat, block), workdir / "locations.parquet")
-    off = (np.arange(chip) - chip / 2 + 0.5) * 60.0
-    px = x[:, None, None] + off[None, None, :]
-    py = y[:, None, None] + off[None, :, None]
-    chips = np.stack([_field(px, py, c) for c in range(3)], axis=1).astype(np.float32)
-    valid = rng.random(n) >= invalid_frac
-    chips[~valid] = np.nan
-    views = {"img": ("raster", {"chips": chips})}
+    """A synthetic world (:func:`geoembed.testing.worlds.make_world`): each view is a known function of
+    location. ``img``: (3, chip, chip) chips sampling three smooth fields at 60 m pixels around the
+    location; ``tab`` (optional): a 4-vector of other fields at the location. ``block_id`` from a 1 km
+    grid. A fraction of rows is invalid (NaN chips, valid False)."""
+    views = {"img": SyntheticView(channels=3, chip=chip, pixel_m=60.0, invalid_frac=invalid_frac)}
     if tab:
-        views["tab"] = ("osm", {"radius": np.stack([_field(x, y, 10 + c) for c in range(4)], 1)})
-    for name, (kind, arrays) in views.items():
-        store = ViewStore.create_or_resume(
-            workdir / "views" / name, location_ids=np.arange(n) + 1000,
-            arrays={k: ArraySpec(v.shape[1:], "float32") for k, v in arrays.items()},
-            chunk_rows=512, kind=kind, attrs={}, build_fingerprint=f"synthetic-{name}-{seed}-{n}")
-        for i in range(store.n_chunks):
-            a, b = store.chunk_bounds(i)
-            v = valid[a:b] if name == "img" else np.ones(b - a, bool)
-            store.write_chunk(i, {k: arr[a:b] for k, arr in arrays.items()}, v.astype(np.float32), v)
-        store.finalize()
-    return workdir
+        views["tab"] = SyntheticView(kind="osm", channels=4, chip=None, first_field=10, array="radius")
+    return synthetic_world(workdir, views, n=n, extent_m=extent_m, seed=seed)
 
 
 def tiny_config(workdir: Path, **train_overrides):

@@ -43,12 +43,12 @@ def test_compile_and_cuda_graph_options_are_validated():
 def test_step_settings_do_not_change_the_run_fingerprint():
     """compile / cuda_graph are speed settings: a checkpoint resumes across them, and runs made before
     the options existed keep their fingerprint."""
-    from geoembed.train import _run_fingerprint
+    from geoembed.train.checkpoint import run_fingerprint
 
     base = parse_config(_tiny_dict())
     other = parse_config(_tiny_dict(compile="default", cuda_graph=True))
-    assert _run_fingerprint(base, "data", 0) == _run_fingerprint(other, "data", 0)
-    assert _run_fingerprint(base, "data", 0) != _run_fingerprint(parse_config(_tiny_dict(lr=0.1)), "data", 0)
+    assert run_fingerprint(base, "data", 0) == run_fingerprint(other, "data", 0)
+    assert run_fingerprint(base, "data", 0) != run_fingerprint(parse_config(_tiny_dict(lr=0.1)), "data", 0)
 
 
 def _paper_setup(seed: int = 0, n: int = 512, ema: bool = False, grad_clip: float | None = 0.5):
@@ -79,9 +79,9 @@ def _paper_setup(seed: int = 0, n: int = 512, ema: bool = False, grad_clip: floa
 def _reference_step(model, opt, ema, lon, lat, views, idx, noise, jitter_m, grad_clip, decay):
     """The trainer's step as it was before StepRunner: gather, jitter, forward, zero_grad, backward,
     clip, AdamW, per-tensor EMA."""
-    from geoembed.train import _jitter
+    from geoembed.train.step import jitter_coordinates
 
-    lo, la = _jitter(lon.index_select(0, idx), lat.index_select(0, idx), noise, jitter_m)
+    lo, la = jitter_coordinates(lon.index_select(0, idx), lat.index_select(0, idx), noise, jitter_m)
     inputs = {n: {k: a.index_select(0, idx) for k, a in arrs.items()} for n, (arrs, _) in views.items()}
     valid = {n: v.index_select(0, idx) for n, (_, v) in views.items()}
     loss, _ = model(lon=lo, lat=la, inputs=inputs, valid=valid)
