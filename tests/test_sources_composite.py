@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from geoembed.config import read_yaml
 from geoembed.sources.composite import composite
 from geoembed.sources.config import OverpassConfig, StacConfig, parse_interval
-from geoembed.sources.extent import bbox_parts, chip_bounds, chips_extent
+from geoembed.sources.extent import bbox_parts, chip_bounds, chips_extent, extent_around
 
 nan = np.nan
 
@@ -86,6 +86,9 @@ def test_chip_bounds_and_extent_across_the_antimeridian():
     assert w > e and 179.9 < w < 180.0 and -180.0 < e < -179.9  # crosses
     assert bbox_parts((w, s, e, n)) == [(-180.0, s, e, n), (w, s, 180.0, n)]
     assert chips_extent(chip_bounds(np.array([24.9, 25.0]), np.array([60.1, 60.2]), 8, 10.0))[0] < 24.9
+    w, s, e, n = extent_around(np.array([24.94, 24.95]), np.array([60.17, 60.175]), 1000.0)
+    np.testing.assert_allclose([n - 60.175, 60.17 - s], 1000.0 / 111_400, rtol=0.01)  # metres north/south
+    np.testing.assert_allclose([24.94 - w, e - 24.95], 1000.0 / (111_320 * np.cos(np.radians(60.17))), rtol=0.01)
 
 
 # ----------------------------------------------------------------------------- config

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import time
 
 import pytest
@@ -102,6 +103,15 @@ def test_timeout_names_the_url(server):
     with pytest.raises(InputError, match="download of .*country-latest.osm.pbf: no data within 0.5 s"):
         cached_download(url_of(server), timeout_s=0.5, retries=0)
     assert time.monotonic() - t0 < 10
+
+
+def test_unreachable_server_names_the_url():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/x.osm.pbf"
+    with pytest.raises(InputError, match=f"download of {url}: connection failed .*2 attempts"):
+        cached_download(url, retries=1, backoff_s=0.01)
+    assert not download_paths(url)[0].exists()
 
 
 def test_cache_needs_a_folder(server, monkeypatch):

@@ -27,6 +27,7 @@ __all__ = [
     "chip_bounds",
     "chips_extent",
     "composite",
+    "extent_around",
     "overpass_features",
     "prepare_stac",
     "read_stac_chunk",
@@ -39,7 +40,7 @@ _WHERE = {
     "OverpassResult": "overpass", "overpass_features": "overpass",
     "StacAssets": "assets", "resolve_assets": "assets", "prepare_stac": "assets", "search_items": "stac",
     "composite": "composite", "read_stac_chunk": "composite",
-    "chip_bounds": "extent", "chips_extent": "extent",
+    "chip_bounds": "extent", "chips_extent": "extent", "extent_around": "extent",
     "cached_download": "download",
 }
 

@@ -144,7 +144,6 @@ def resolve_assets(items: Sequence, cfg: StacConfig, sign: str | Callable[[str],
                       cfg.composite, cfg.nodata, sign, cfg.timeout_s, fingerprint)
 
 
-
 def prepare_stac(cfg: StacConfig, lon, lat, *, chip_size: int, resolution_m: float, chunk_rows: int,
                  sign: str | Callable[[str], str] | None = None) -> StacAssets:
     """Search the items under the chips of the locations (:func:`search_areas`, :func:`search_items`)

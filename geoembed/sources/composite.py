@@ -20,8 +20,10 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 
-from geoembed.errors import InputError
+from geoembed.errors import GeoembedError, InputError
 from geoembed.sources.assets import StacAssets, StacItemAssets, gdal_path, load_hook
 from geoembed.sources.extent import chip_bounds
 from geoembed.sources.sampler import sample_chips, sample_classes
@@ -118,9 +120,7 @@ def _read_item(assets: StacAssets, item: StacItemAssets, lon, lat, chip_size: in
         if item.mask_href is not None:
             classes = sample_classes(signed[item.mask_href], lon, lat, chip_size=chip_size,
                                      resolution_m=resolution_m, timeout_s=assets.timeout_s)
-    except Exception as err:  # noqa: BLE001 - GDAL/rasterio raise many kinds; all name a file
-        if isinstance(err, MemoryError | KeyboardInterrupt):
-            raise
+    except (GeoembedError, RasterioError, CPLE_BaseError, OSError) as err:  # each names the file
         raise _item_error(item, err, signed if sign is not None else {}) from None
     if data.shape[1] != len(item.hrefs):
         raise InputError(f"STAC item {item.id}: assets {list(assets.asset_keys)} give {data.shape[1]} bands, not "

@@ -112,7 +112,9 @@ def cached_download(url: str, sha256: str | None = None, *, timeout_s: float = 6
             final.unlink()
         state: dict = {}
         with_retries(lambda: _fetch(url, part, state, timeout_s), url=url, what="download of", retries=retries,
-                     backoff_s=backoff_s, advice=f"the partial file {part} is kept: rerun to resume")
+                     backoff_s=backoff_s,
+                     advice=lambda: f"the partial file {part} is kept: rerun to resume" if _size(part) else
+                     "check the URL and the network, or retry later")
         actual = file_fingerprint(part)
         if expected is not None and actual != expected:
             part.unlink()
@@ -144,8 +146,10 @@ def _fetch(url: str, part: Path, state: dict, timeout_s: float) -> None:
         validator = pmeta.get("etag") or pmeta.get("last_modified")
         if validator:
             headers["If-Range"] = validator
+    started = False
     try:
         with session().get(url, headers=headers, stream=True, timeout=(min(timeout_s, 30.0), timeout_s)) as resp:
+            started = True
             total = _start(url, resp, have, part, pmeta)
             if total is not None and total == have and resp.status_code == 416:
                 return  # the part was already whole
@@ -162,6 +166,8 @@ def _fetch(url: str, part: Path, state: dict, timeout_s: float) -> None:
         raise Retryable(f"no data within {timeout_s:g} s at {_size(part)} bytes") from None
     except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError, urllib3.exceptions.HTTPError,
             ConnectionError) as err:
+        if not started:
+            raise Retryable(f"connection failed ({reason_text(err)})") from None
         raise Retryable(f"cut short at {_size(part)} of {_total_text(total_of(part))} bytes "
                         f"({reason_text(err)})") from None
     except OSError as err:  # the disk, not the network

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BBox", "bbox_parts", "chip_bounds", "chip_cells", "cells_area", "chips_extent"]
+__all__ = ["BBox", "bbox_parts", "cells_area", "chip_bounds", "chip_cells", "chips_extent", "extent_around"]
 
 BBox = tuple[float, float, float, float]  # west, south, east, north in degrees; west > east: across 180
 
@@ -62,6 +62,13 @@ def chips_extent(bounds: np.ndarray) -> BBox:
     if west >= -180.0 and east <= 180.0:
         return west, south, east, north
     return float(wrap_lon(west)), south, float(wrap_lon(east) if east != 180.0 else 180.0), north
+
+
+def extent_around(lon: np.ndarray, lat: np.ndarray, pad_m: float) -> BBox:
+    """The box (west, south, east, north; west > east across the antimeridian) holding every point
+    within ``pad_m`` metres east/north/west/south of the locations: e.g. an OSM view's extent with
+    its largest radius or distance cap."""
+    return chips_extent(chip_bounds(lon, lat, 0, pad_m))  # a chip of size 0 plus one pixel of pad_m
 
 
 def chip_cells(bounds: np.ndarray, cells_per_degree: int = 10) -> np.ndarray:

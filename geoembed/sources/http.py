@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -77,10 +78,10 @@ def retry_delay(attempt: int, backoff_s: float, server_delay_s: float | None = N
 
 
 def with_retries(fn: Callable[[], object], *, url: str, what: str, retries: int, backoff_s: float,
-                 advice: str = "check the URL and the network, or retry later"):
+                 advice: str | Callable[[], str] = "check the URL and the network, or retry later"):
     """Call ``fn`` until it returns, retrying a :class:`Retryable` up to ``retries`` times with
     exponential backoff; then raise InputError naming ``what``, ``url``, the last failure and
-    ``advice``. Other exceptions pass through."""
+    ``advice`` (text, or a function giving it then). Other exceptions pass through."""
     last = ""
     for attempt in range(retries + 1):
         try:
@@ -93,7 +94,7 @@ def with_retries(fn: Callable[[], object], *, url: str, what: str, retries: int,
             log.warning("%s %s: %s; retry %d of %d in %.1f s", what, url, last, attempt + 1, retries, delay)
             time.sleep(delay)
     tries = "1 attempt" if retries == 0 else f"{retries + 1} attempts"
-    raise InputError(f"{what} {url}: {last} ({tries}); {advice}")
+    raise InputError(f"{what} {url}: {last} ({tries}); {advice() if callable(advice) else advice}")
 
 
 def retry_after_s(resp: requests.Response) -> float | None:
@@ -141,8 +142,11 @@ def request(method: str, url: str, *, what: str, timeout_s: float, retries: int,
 
 
 def reason_text(err: Exception) -> str:
-    """The innermost useful text of a requests/urllib3 error."""
+    """The innermost useful text of a requests/urllib3 error (e.g. ``[Errno 111] Connection refused``)."""
     text = str(err)
+    m = re.search(r"\[Errno -?\d+\][^'\")]*", text)
+    if m:
+        return m.group(0).strip()
     for marker in ("Caused by ", "due to "):
         if marker in text:
             text = text.split(marker, 1)[1]

@@ -24,7 +24,7 @@ from typing import Any
 from geoembed.errors import InputError
 from geoembed.sources.config import StacConfig, parse_interval
 from geoembed.sources.extent import bbox_parts, cells_area, chip_bounds, chip_cells
-from geoembed.sources.http import RETRY_STATUS
+from geoembed.sources.http import RETRY_STATUS, reason_text
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,7 @@ def _static_io(cfg: StacConfig):
 
 def _reason(err: Exception) -> str:
     code = getattr(err, "status_code", None)
-    text = " ".join(str(err).split())
-    for marker in ("Caused by ", "due to "):
-        if marker in text:
-            text = text.split(marker, 1)[1]
-    text = text[:300] or type(err).__name__
+    text = reason_text(err) if code is None else " ".join(str(err).split())[:300]
     return f"HTTP {code}: {text}" if code else text
 
 
