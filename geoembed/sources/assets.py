@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from geoembed.errors import ConfigError, InputError
-from geoembed.io.atomic import source_fingerprint, text_fingerprint
+from geoembed.io.fingerprint import source_fingerprint, text_fingerprint
 from geoembed.sources.config import StacConfig
 from geoembed.sources.stac import item_footprint, item_time_text, search_areas, search_items
 

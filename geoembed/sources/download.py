@@ -29,7 +29,8 @@ import requests
 import urllib3
 
 from geoembed.errors import ConfigError, InputError
-from geoembed.io.atomic import atomic_write_json, file_fingerprint
+from geoembed.io.atomic import atomic_write_json
+from geoembed.io.fingerprint import file_fingerprint
 from geoembed.sources.http import (
     RETRY_STATUS,
     Retryable,

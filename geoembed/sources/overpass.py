@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from geoembed.errors import InputError
-from geoembed.io.atomic import atomic_path, file_fingerprint, text_fingerprint
+from geoembed.io.atomic import atomic_path
+from geoembed.io.fingerprint import file_fingerprint, text_fingerprint
 from geoembed.sources.config import OverpassConfig
 from geoembed.sources.http import Retryable, cache_dir, fetch_once, with_retries
 
