@@ -269,7 +269,7 @@ def test_masked_hex_filters_train():
 def test_paper_config_parses():
     cfg = load_config(ROOT / "configs" / "paper.yaml")
     tc = cfg.train
-    assert tc.coordinate_encoder.encodings[0].degrees == 40
+    assert tc.coordinate_encoder.encodings[0].degrees == 8  # the reference's L = 8 (was 40 before parity)
     assert tc.coordinate_encoder.network.w0 == 30.0 and tc.coordinate_encoder.network.hidden == [128, 128]
     assert tc.embedding_dim == 16 and tc.lr == 1e-5 and tc.batch_size == 256 and tc.epochs == 500
     assert {v.view for v in tc.views} == {v.name for v in cfg.views}

@@ -36,11 +36,22 @@ class NetworkConfig(Section):
     w0: float = Field(default=30.0, gt=0, description="SIREN first-layer frequency")
     w0_hidden: float = Field(default=1.0, gt=0, description="SIREN hidden-layer frequency")
     activation: Literal["relu", "gelu", "silu", "tanh"] = "relu"
+    dropout: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="dropout probability in every hidden layer, in training only (SIREN: on the linear "
+        "output before the sine, as SatCLIP's SIREN; MLP: after the activation). The reference uses 0.5 "
+        "in its SIREN. The bundle's encoder has no dropout (its spec leaves it out)",
+    )
 
     def spec(self) -> dict:
+        """The network part of the coordinate encoder spec (``dropout`` only when set)."""
         if self.type == "siren":
-            return {"type": "siren", "hidden": list(self.hidden), "w0": self.w0, "w0_hidden": self.w0_hidden}
-        return {"type": "mlp", "hidden": list(self.hidden), "activation": self.activation}
+            out = {"type": "siren", "hidden": list(self.hidden), "w0": self.w0, "w0_hidden": self.w0_hidden}
+        else:
+            out = {"type": "mlp", "hidden": list(self.hidden), "activation": self.activation}
+        if self.dropout > 0:
+            out["dropout"] = self.dropout
+        return out
 
 
 class CoordinateEncoderConfig(Section):
@@ -72,12 +83,41 @@ class ViewEncoderConfig(Section):
     backbone_weights: str | None = None
     backbone_bands: list[int] = Field(default_factory=lambda: [0, 1, 2], description="0-based chip channels")
     backbone_input_size: int | None = Field(default=None, ge=8)
-    log1p: bool = Field(default=False, description="apply sign(x)log1p(|x|) before standardising (counts)")
+    log1p: bool = Field(default=False, description="apply sign(x)log1p(|x|) before scaling (counts)")
+    scale: Literal["standardise", "divide"] = Field(
+        default="standardise",
+        description="input scaling of every array of the view (before a frozen backbone too): standardise "
+        "= per channel by the store's mean and std; divide = divided by `divide_by` (the reference: "
+        "images / 255, OSM counts / a per-channel constant)",
+    )
+    divide_by: float | list[float] | Literal["max"] | None = Field(
+        default=None,
+        description="scale: divide: one divisor for all channels (e.g. 255), one per channel (the "
+        "paper's OSM divisors: 48, 1048, 377, 189, 17, 10), or `max` (each channel's maximum over all "
+        "locations)",
+    )
+    head_norm: Literal["layernorm", "none"] = Field(
+        default="layernorm",
+        description="the norm after the linear head on frozen-backbone features (resnet18_frozen); none "
+        "= the reference's bare Linear 512 -> out_dim",
+    )
 
     @model_validator(mode="after")
     def _backbone(self) -> ViewEncoderConfig:
         if self.encoder == "resnet18_frozen" and not self.backbone_weights:
             raise ValueError("encoder resnet18_frozen needs backbone_weights (a local state dict file)")
+        if self.scale == "divide" and self.divide_by is None:
+            raise ValueError("scale: divide needs divide_by (a number, one number per channel, or max)")
+        if self.scale != "divide" and self.divide_by is not None:
+            raise ValueError("divide_by is only used with scale: divide")
+        divisors = self.divide_by if isinstance(self.divide_by, list) else [self.divide_by]
+        if any(isinstance(d, float | int) and not d > 0 for d in divisors):
+            raise ValueError(f"divide_by must be positive, got {self.divide_by}")
+        if isinstance(self.divide_by, list) and not self.divide_by:
+            raise ValueError("divide_by is an empty list")
+        if self.head_norm != "layernorm" and self.encoder != "resnet18_frozen":
+            raise ValueError(f"head_norm: {self.head_norm} applies to the head of a frozen backbone "
+                             f"(encoder resnet18_frozen), not to encoder {self.encoder}")
         return self
 
 
@@ -93,19 +133,38 @@ class TrainConfig(Section):
     objective: Literal["fused", "pairwise"] = "fused"
     view_pairs: bool = Field(default=False, description="pairwise: also view-vs-view terms")
     temperature_init: float = Field(default=0.07, gt=0)
-    temperature_min: float = Field(default=0.01, gt=0)
+    temperature_min: float | None = Field(
+        default=0.01, gt=0,
+        description="lower bound of the learnable temperature (the logit scale is clamped to "
+        "[1, 1/temperature_min]); null = unclamped, as the reference",
+    )
     learnable_temperature: bool = True
     lr: float = Field(default=1e-3, gt=0)
     coord_lr: float | None = Field(default=None, gt=0, description="coordinate encoder lr (default lr)")
     weight_decay: float = Field(default=0.01, ge=0)
+    weight_decay_exclude: list[Literal["bias", "norm", "temperature"]] = Field(
+        default_factory=list,
+        description="parameters AdamW does not decay: bias = every bias, norm = the parameters of norm "
+        "layers (LayerNorm, BatchNorm, GroupNorm), temperature = the learnable logit scale (the reference "
+        "decays weight matrices only: all three)",
+    )
     batch_size: int = Field(default=256, ge=2)
     epochs: int = Field(default=50, ge=1)
-    patience: int | None = Field(default=10, ge=1, description="early stopping: epochs without improvement")
+    patience: int | None = Field(
+        default=10, ge=1,
+        description="early stopping: epochs without improvement; null = no early stopping (the reference)",
+    )
     monitor: Literal["val_top5", "val_top1", "val_loss"] = Field(
         default="val_top5", description="held-out metric for early stopping and the best epoch"
     )
     min_delta: float = Field(default=0.0, ge=0)
-    val_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of spatial blocks held out")
+    validation: Literal["spatial_block", "random"] = Field(
+        default="spatial_block",
+        description="the held-out split: spatial_block = whole spatial blocks (no neighbour of a training "
+        "location leaks in); random = a random share of locations (the reference; it hides spatial "
+        "memorisation)",
+    )
+    val_fraction: float = Field(default=0.1, gt=0, lt=1, description="share of locations held out")
     block_size_m: float = Field(default=2000.0, gt=0, description="blocks when locations lack block_id")
     jitter_m: float = Field(default=0.0, ge=0, description="Gaussian jitter of positive coordinates")
     grad_clip: float | None = Field(default=1.0, gt=0)
@@ -147,6 +206,8 @@ class TrainConfig(Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"train.views lists a view twice: {dup}")
-        if self.temperature_min > self.temperature_init:
+        if self.temperature_min is not None and self.temperature_min > self.temperature_init:
             raise ValueError("temperature_min must not exceed temperature_init")
+        if len(set(self.weight_decay_exclude)) != len(self.weight_decay_exclude):
+            raise ValueError(f"weight_decay_exclude lists an entry twice: {self.weight_decay_exclude}")
         return self

@@ -135,7 +135,8 @@ def save_untrained_bundle(
     """A bundle of a freshly initialised encoder (no training): for tests and plumbing checks."""
     torch.manual_seed(seed)
     enc = build_coordinate_encoder(spec)
-    return save_bundle(path, enc, enc.spec, footprint=footprint, out_of_support_km=out_of_support_km,
+    return save_bundle(path, enc, enc.inference_spec, footprint=footprint,
+                       out_of_support_km=out_of_support_km,
                        config={"untrained": True, "seed": seed}, metrics={},
                        data_fingerprint="untrained")
 

@@ -1,4 +1,4 @@
-"""Contrastive objectives: symmetric InfoNCE with a learnable, clamped temperature.
+"""Contrastive objectives: symmetric InfoNCE with a learnable temperature (clamped unless asked not to).
 
 * ``fused`` (paper parity): one symmetric InfoNCE between the fused view embedding and the coordinate
   embedding; a sample enters only if all its views are valid.
@@ -75,17 +75,17 @@ class ContrastiveLoss(nn.Module):
     """Symmetric InfoNCE over named embeddings with a learnable temperature.
 
     The temperature starts at ``temperature_init`` (0.07 in the paper) and is clamped to
-    ``[temperature_min, 1]`` (the reference code left it unclamped).
+    ``[temperature_min, 1]``; ``temperature_min=None`` leaves it unclamped, as the reference code did.
     """
 
     def __init__(self, mode: str = "fused", view_pairs: bool = False, temperature_init: float = 0.07,
-                 temperature_min: float = 0.01, learnable: bool = True):
+                 temperature_min: float | None = 0.01, learnable: bool = True):
         super().__init__()
         if mode not in ("fused", "pairwise"):
             raise ValueError(f"unknown objective {mode!r}")
         self.mode = mode
         self.view_pairs = view_pairs
-        self.max_log_scale = math.log(1.0 / temperature_min)
+        self.max_log_scale = None if temperature_min is None else math.log(1.0 / temperature_min)
         init = torch.tensor(math.log(1.0 / temperature_init), dtype=torch.float32)
         if learnable:
             self.log_scale = nn.Parameter(init)
@@ -93,6 +93,9 @@ class ContrastiveLoss(nn.Module):
             self.register_buffer("log_scale", init)
 
     def logit_scale(self) -> torch.Tensor:
+        """``exp(log_scale)``, clamped to ``[1, 1/temperature_min]`` unless unclamped."""
+        if self.max_log_scale is None:
+            return self.log_scale.exp()
         return self.log_scale.clamp(0.0, self.max_log_scale).exp()
 
     @property

@@ -7,6 +7,8 @@ A coordinate encoder is fully described by a JSON-serialisable ``spec``::
      "embedding_dim": 16, "dtype": "float32"}
 
 :func:`build_coordinate_encoder` rebuilds the module from that spec alone (weights come separately).
+The network may carry ``"dropout": p`` (training only); :attr:`CoordinateEncoder.inference_spec` is the
+spec without it, which is what a bundle stores.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from geoembed.errors import ConfigError
@@ -26,12 +29,22 @@ _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Ta
 
 
 class _Sine(nn.Module):
-    def __init__(self, w0: float):
+    """``sin(w0 * x)``; with ``dropout`` > 0, ``x`` is dropped out first in training (as SatCLIP's SIREN
+    layer drops its linear output before the sine). Dropout lives inside the activation so the layer
+    indices (state-dict keys) do not depend on it."""
+
+    def __init__(self, w0: float, dropout: float = 0.0):
         super().__init__()
         self.w0 = float(w0)
+        self.dropout = float(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dropout > 0 and self.training:
+            x = F.dropout(x, self.dropout, training=True)
         return torch.sin(self.w0 * x)
+
+    def extra_repr(self) -> str:
+        return f"w0={self.w0}" + (f", dropout={self.dropout}" if self.dropout > 0 else "")
 
 
 class Siren(nn.Module):
@@ -40,13 +53,17 @@ class Siren(nn.Module):
     Initialisation: the first layer's weights are ``U(-1/in, 1/in)`` and it uses frequency ``w0``
     (configurable; 30 in the paper); later layers use ``U(-sqrt(6/in)/w0_hidden, sqrt(6/in)/w0_hidden)``
     with frequency ``w0_hidden``, which keeps pre-activations ~ arcsine-distributed through depth.
+    ``dropout`` (training only) drops every hidden layer's linear output before its sine (the reference:
+    0.5); the output layer has none.
     """
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, w0: float = 30.0,
-                 w0_hidden: float = 1.0):
+                 w0_hidden: float = 1.0, dropout: float = 0.0):
         super().__init__()
         if not hidden:
             raise ConfigError("SIREN needs at least one hidden layer")
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"SIREN dropout must be in [0, 1), got {dropout}")
         dims = [in_dim, *hidden]
         layers: list[nn.Module] = []
         for i in range(len(hidden)):
@@ -56,7 +73,7 @@ class Siren(nn.Module):
             with torch.no_grad():
                 lin.weight.uniform_(-bound, bound)
                 lin.bias.uniform_(-1.0 / math.sqrt(dims[i]), 1.0 / math.sqrt(dims[i]))
-            layers += [lin, _Sine(w)]
+            layers += [lin, _Sine(w, dropout)]
         last = nn.Linear(dims[-1], out_dim)
         bound = math.sqrt(6.0 / dims[-1]) / w0_hidden
         with torch.no_grad():
@@ -70,7 +87,11 @@ class Siren(nn.Module):
 
 
 class MLP(nn.Module):
-    """Linear layers with an activation (relu, gelu, silu, tanh) between them; optional LayerNorm output."""
+    """Linear layers with an activation (relu, gelu, silu, tanh) between them; optional LayerNorm output.
+
+    ``dropout`` (training only) follows each hidden activation, in the same ``Sequential`` slot, so the
+    linear layers' indices (state-dict keys) do not depend on it.
+    """
 
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: int, activation: str = "relu",
                  layernorm: bool = False, dropout: float = 0.0):
@@ -80,9 +101,9 @@ class MLP(nn.Module):
         dims = [in_dim, *hidden]
         layers: list[nn.Module] = []
         for i in range(len(hidden)):
-            layers += [nn.Linear(dims[i], dims[i + 1]), _ACTIVATIONS[activation]()]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+            act = _ACTIVATIONS[activation]()
+            layers += [nn.Linear(dims[i], dims[i + 1]),
+                       nn.Sequential(act, nn.Dropout(dropout)) if dropout > 0 else act]
         layers.append(nn.Linear(dims[-1], out_dim))
         if layernorm:
             layers.append(nn.LayerNorm(out_dim))
@@ -143,6 +164,14 @@ class CoordinateEncoder(nn.Module):
     def spec(self) -> dict:
         """The JSON spec that rebuilds this module (see :func:`build_coordinate_encoder`)."""
         return {**self._spec, "encodings": [dict(e) for e in self._spec["encodings"]]}
+
+    @property
+    def inference_spec(self) -> dict:
+        """:attr:`spec` without training-only settings (the network's ``dropout``): what a bundle stores.
+        The weights are the same either way (dropout has none and shifts no layer index)."""
+        spec = self.spec
+        spec["network"] = {k: v for k, v in spec["network"].items() if k != "dropout"}
+        return spec
 
     @property
     def dtype(self) -> torch.dtype:

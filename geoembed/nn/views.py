@@ -11,6 +11,7 @@ Encoders are registered by name (:func:`register_encoder`); ``train.views[].enco
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -149,11 +150,17 @@ class ChipStats(nn.Module):
 
 
 class FeatureHead(nn.Module):
-    """A trainable linear head (plus LayerNorm) on precomputed frozen-backbone features."""
+    """A trainable linear head on precomputed frozen-backbone features, plus a LayerNorm
+    (``norm="layernorm"``, the default) or nothing (``norm="none"``: the reference's bare linear head)."""
 
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, norm: str = "layernorm"):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
+        if norm not in ("layernorm", "none"):
+            raise ConfigError(f"feature head norm must be layernorm or none, got {norm!r}")
+        layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+        if norm == "layernorm":
+            layers.append(nn.LayerNorm(out_dim))
+        self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -180,6 +187,8 @@ class ViewEncoder(nn.Module):
 
 #: An encoder builder: ``builder(shapes, *, out_dim, channels, hidden)`` -> a module with an ``out_dim``
 #: attribute whose forward takes ``{array name: (B, *shape) tensor}`` and returns ``(B, out_dim)``.
+#: A builder may also take ``head_norm`` (the norm of a frozen-backbone feature head); it is passed
+#: only when set to something other than ``layernorm``.
 EncoderBuilder = Callable[..., nn.Module]
 
 _ENCODERS: dict[str, EncoderBuilder] = {}
@@ -234,9 +243,12 @@ def build_view_encoder(
     view: str | None = None,
     channels: Sequence[int] | None = None,
     hidden: Sequence[int] = (64,),
+    head_norm: str = "layernorm",
 ) -> nn.Module:
     """The encoder of one view: ``encoder`` from the registry (``auto``: the default of the store's view
-    ``kind``, see :func:`resolve_encoder`); ``view`` names the view in errors.
+    ``kind``, see :func:`resolve_encoder`); ``view`` names the view in errors. ``head_norm`` is the norm
+    after the linear head on ``features`` (``layernorm`` or ``none``); a builder that does not take it
+    is an error when it is not ``layernorm``.
 
     Built-in encoders, per array (``features``, a frozen backbone's output, always gets a
     :class:`FeatureHead`, vectors a :class:`TabularMLP`): ``cnn`` (``(C, H, W)`` -> :class:`RasterCNN`;
@@ -246,22 +258,31 @@ def build_view_encoder(
     hex CNN, other ``(C, H, W)`` -> CNN).
     """
     name = resolve_encoder(encoder, kind, view)
-    return _ENCODERS[name](dict(shapes), out_dim=out_dim, channels=channels, hidden=hidden)
+    builder = _ENCODERS[name]
+    options = {}
+    if head_norm != "layernorm":
+        params = inspect.signature(builder).parameters
+        if "head_norm" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            where = f"train.views[{view}].head_norm" if view else "head_norm"
+            raise ConfigError(f"{where}: view encoder {name!r} has no head norm to set")
+        options["head_norm"] = head_norm
+    return builder(dict(shapes), out_dim=out_dim, channels=channels, hidden=hidden, **options)
 
 
 def _per_array(grid: Callable[[str, tuple[int, ...], int, Sequence[int] | None, Sequence[int]], nn.Module | None]
                ) -> EncoderBuilder:
     """A builder giving each array its own sub-encoder: ``grid(name, shape, out_dim, channels, hidden)``
-    for ``(C, H, W)`` arrays (None: an MLP), a FeatureHead for ``features``, an MLP for the others."""
+    for ``(C, H, W)`` arrays (None: an MLP), a FeatureHead (norm ``head_norm``) for ``features``, an MLP
+    for the others."""
 
     def build(shapes: Mapping[str, tuple[int, ...]], *, out_dim: int, channels: Sequence[int] | None = None,
-              hidden: Sequence[int] = (64,)) -> ViewEncoder:
+              hidden: Sequence[int] = (64,), head_norm: str = "layernorm") -> ViewEncoder:
         parts: dict[str, nn.Module] = {}
         for name, shape in shapes.items():
             shape = tuple(int(s) for s in shape)
             part = None
             if name == "features":
-                part = FeatureHead(int(np.prod(shape)), out_dim)
+                part = FeatureHead(int(np.prod(shape)), out_dim, norm=head_norm)
             elif len(shape) == 3:
                 part = grid(name, shape, out_dim, channels, hidden)
             parts[name] = part if part is not None else TabularMLP(int(np.prod(shape)), out_dim,

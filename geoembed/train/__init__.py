@@ -31,9 +31,22 @@ Modules, by concern (each imports only those above it):
 from geoembed.train.checkpoint import BUNDLE_DIR, CHECKPOINT, RUN_DIR, load_checkpoint, save_checkpoint
 from geoembed.train.checkpoint import run_fingerprint as _run_fingerprint  # noqa: F401 (the former private name)
 from geoembed.train.command import configure_parser, run
-from geoembed.train.data import TrainData, ViewData, load_training_data, normalise_array, spatial_split
+from geoembed.train.data import (
+    TrainData,
+    ViewData,
+    load_training_data,
+    normalise_array,
+    random_split,
+    spatial_split,
+)
 from geoembed.train.loop import evaluate, train
-from geoembed.train.model import MultiViewModel, coordinate_spec, ema_update, make_optimizer
+from geoembed.train.model import (
+    MultiViewModel,
+    coordinate_spec,
+    ema_update,
+    make_optimizer,
+    no_decay_parameters,
+)
 from geoembed.train.step import StepRunner, train_step
 from geoembed.train.step import jitter_coordinates as _jitter  # noqa: F401 (the former private name)
 
@@ -52,7 +65,9 @@ __all__ = [
     "load_checkpoint",
     "load_training_data",
     "make_optimizer",
+    "no_decay_parameters",
     "normalise_array",
+    "random_split",
     "run",
     "save_checkpoint",
     "spatial_split",

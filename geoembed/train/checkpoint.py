@@ -34,6 +34,18 @@ _RESUMABLE_KEYS = ("epochs", "patience", "max_minutes", "device", "num_threads",
                    "cuda_graph")
 # Optimiser implementation flags: this run's, whatever run wrote the checkpoint.
 _OPT_FLAGS = ("fused", "foreach", "capturable")
+# Settings added after runs were fingerprinted (the reference-parity options): left out of the fingerprint
+# while they hold their defaults, so that earlier runs keep theirs (their checkpoints resume, their
+# finished bundles are reused).
+_LATER_TRAIN_DEFAULTS = {"weight_decay_exclude": [], "validation": "spatial_block"}
+_LATER_VIEW_DEFAULTS = {"scale": "standardise", "divide_by": None, "head_norm": "layernorm"}
+_LATER_NETWORK_DEFAULTS = {"dropout": 0.0}
+
+
+def _drop_defaults(section: dict, defaults: dict) -> None:
+    for key, value in defaults.items():
+        if key in section and section[key] == value:
+            del section[key]
 
 
 def run_fingerprint(cfg: Config, data_fp: str, seed: int) -> str:
@@ -41,6 +53,10 @@ def run_fingerprint(cfg: Config, data_fp: str, seed: int) -> str:
     tc = cfg.train.model_dump(mode="json")
     for k in _RESUMABLE_KEYS:
         tc.pop(k, None)
+    _drop_defaults(tc, _LATER_TRAIN_DEFAULTS)
+    for view in tc.get("views", []):
+        _drop_defaults(view, _LATER_VIEW_DEFAULTS)
+    _drop_defaults(tc.get("coordinate_encoder", {}).get("network", {}), _LATER_NETWORK_DEFAULTS)
     return text_fingerprint({"train": tc, "seed": seed, "data": data_fp})
 
 

@@ -1,11 +1,12 @@
-"""Training data: locations and their views in memory, row-aligned, normalised, and split by block.
+"""Training data: locations and their views in memory, row-aligned, normalised, and split for validation.
 
 :func:`load_training_data` reads ``<workdir>/locations.parquet`` and each configured view store
-``<workdir>/views/<name>/`` (checked row-aligned by ``location_id``), standardises every array per channel
-by the store's statistics (no data becomes 0 after standardisation; the per-row ``valid`` flag says which
-rows carry a view at all), and for ``resnet18_frozen`` views replaces the chips by frozen backbone features
-computed once and cached under ``<workdir>/cache/``. :func:`spatial_split` holds out whole spatial blocks
-for validation.
+``<workdir>/views/<name>/`` (checked row-aligned by ``location_id``), scales every array per channel
+(``train.views[].scale``: standardised by the store's statistics, or divided by fixed divisors as the
+reference does; no data becomes 0 afterwards; the per-row ``valid`` flag says which rows carry a view at
+all), and for ``resnet18_frozen`` views replaces the chips by frozen backbone features computed once and
+cached under ``<workdir>/cache/``. :func:`spatial_split` holds out whole spatial blocks for validation,
+:func:`random_split` a random share of locations (the reference's split).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from geoembed.nn.views import backbone_features, load_resnet18
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TrainData", "ViewData", "batch_inputs", "load_training_data", "normalise_array", "spatial_split",
-           "view_configs"]
+__all__ = ["TrainData", "ViewData", "batch_inputs", "load_training_data", "normalise_array", "random_split",
+           "spatial_split", "view_configs"]
 
 
 @dataclass
@@ -64,9 +65,21 @@ class TrainData:
         return int(self.lon.shape[0])
 
 
-def normalise_array(arr: np.ndarray, stats: dict | None, log1p: bool = False) -> np.ndarray:
-    """Per-channel (axis 1) standardisation by the store's stats; NaN (no data) becomes 0 afterwards."""
+def normalise_array(arr: np.ndarray, stats: dict | None, log1p: bool = False, *,
+                    scale: str = "standardise", divide_by: float | list[float] | str | None = None,
+                    where: str = "divide_by") -> np.ndarray:
+    """Per-channel (axis 1) scaling; NaN (no data) becomes 0 afterwards.
+
+    ``scale="standardise"``: by the store's stats (mean, std), or the data's own moments after ``log1p``.
+    ``scale="divide"``: divided by ``divide_by``: one number, one per channel, or ``"max"`` (each
+    channel's largest absolute value over all rows; 1 where that is 0). ``where`` names the setting in
+    errors.
+    """
     x = np.asarray(arr, dtype=np.float32)
+    if scale == "divide":
+        return _divide(np.sign(x) * np.log1p(np.abs(x)) if log1p else x, divide_by, where)
+    if scale != "standardise":
+        raise ConfigError(f"unknown input scaling {scale!r} (use standardise or divide)")
     if log1p:
         x = np.sign(x) * np.log1p(np.abs(x))
         mean, std = _moments(x)
@@ -81,6 +94,35 @@ def normalise_array(arr: np.ndarray, stats: dict | None, log1p: bool = False) ->
     std = np.where(std > 0, std, 1.0).astype(np.float32)
     x = (x - mean.reshape(shape)) / std.reshape(shape)
     return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
+
+
+def _divide(x: np.ndarray, divide_by: float | list[float] | str | None, where: str) -> np.ndarray:
+    channels = x.shape[1] if x.ndim > 1 else 1
+    if isinstance(divide_by, str):
+        if divide_by != "max":
+            raise ConfigError(f"{where}: {divide_by!r} is no divisor (use a number, a list, or max)")
+        flat = np.moveaxis(x if x.ndim > 1 else x[:, None], 1, 0).reshape(channels, -1)
+        with np.errstate(all="ignore"):
+            peak = np.nan_to_num(np.nanmax(np.abs(flat), axis=1)) if flat.size else np.zeros(channels)
+        div = np.where(peak > 0, peak, 1.0)
+    elif isinstance(divide_by, list | tuple):
+        if len(divide_by) != channels:
+            raise ConfigError(f"{where}: {len(divide_by)} divisors for an array of {channels} channels")
+        div = np.asarray(divide_by, dtype=np.float64)
+    elif divide_by is not None:
+        div = np.full(channels, float(divide_by))
+    else:
+        raise ConfigError(f"{where}: scale divide needs divisors")
+    if not np.all(div > 0):
+        raise ConfigError(f"{where}: divisors must be positive, got {div.tolist()}")
+    shape = (1, -1) + (1,) * (x.ndim - 2) if x.ndim > 1 else (-1,)
+    x = x / div.astype(np.float32).reshape(shape)
+    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
+
+
+def _scaling(vc: ViewEncoderConfig) -> dict:
+    """The view's input scaling as keyword arguments of :func:`normalise_array`."""
+    return {"scale": vc.scale, "divide_by": vc.divide_by, "where": f"train.views[{vc.view}].divide_by"}
 
 
 def _moments(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,6 +154,8 @@ def _load_view(workdir: Path, vc: ViewEncoderConfig, location_ids: np.ndarray, d
     valid = store.read("valid").astype(bool)
     arrays: dict[str, torch.Tensor] = {}
     fp_parts = {"store": store.meta.get("build_fingerprint"), "arrays": names, "log1p": vc.log1p}
+    if vc.scale != "standardise":  # only then: the fingerprints of standardised views stay as they were
+        fp_parts["scale"] = {"scale": vc.scale, "divide_by": vc.divide_by}
     if vc.encoder == "resnet18_frozen":
         if len(names) != 1 or len(store.arrays[names[0]].shape) != 3:
             raise ConfigError(f"train.views[{vc.view}]: resnet18_frozen needs exactly one (C, H, W) array")
@@ -120,7 +164,7 @@ def _load_view(workdir: Path, vc: ViewEncoderConfig, location_ids: np.ndarray, d
     else:
         for name in names:
             arrays[name] = torch.from_numpy(
-                normalise_array(store.read(name), store.stats.get(name), log1p=vc.log1p))
+                normalise_array(store.read(name), store.stats.get(name), log1p=vc.log1p, **_scaling(vc)))
     return ViewData(vc.view, arrays, torch.from_numpy(valid), text_fingerprint(fp_parts), store.meta.get("kind"))
 
 
@@ -128,9 +172,11 @@ def _frozen_features(workdir: Path, vc: ViewEncoderConfig, store, array: str, de
     """Backbone features of every row, computed once in eval mode and cached as safetensors."""
     from safetensors.numpy import load_file, save_file
 
-    key = text_fingerprint({"store": store.meta.get("build_fingerprint"), "weights":
-                            file_fingerprint(vc.backbone_weights), "bands": vc.backbone_bands,
-                            "size": vc.backbone_input_size, "array": array})
+    parts = {"store": store.meta.get("build_fingerprint"), "weights": file_fingerprint(vc.backbone_weights),
+             "bands": vc.backbone_bands, "size": vc.backbone_input_size, "array": array}
+    if vc.scale != "standardise":  # only then: caches of standardised chips keep their names
+        parts["scale"] = {"scale": vc.scale, "divide_by": vc.divide_by}
+    key = text_fingerprint(parts)
     cache = workdir / "cache" / f"{vc.view}-resnet18-{key.split(':')[1][:16]}.safetensors"
     if cache.is_file():
         return load_file(str(cache))["features"]
@@ -139,7 +185,7 @@ def _frozen_features(workdir: Path, vc: ViewEncoderConfig, store, array: str, de
     nchan = chips.shape[1]
     if max(vc.backbone_bands) >= nchan:
         raise ConfigError(f"train.views[{vc.view}].backbone_bands {vc.backbone_bands}: chips have {nchan} channels")
-    x = normalise_array(chips, store.stats.get(array))
+    x = normalise_array(chips, store.stats.get(array), **_scaling(vc))
     log.info("computing frozen ResNet-18 features of %d chips of view %s", len(x), vc.view)
     feats = backbone_features(model, x, bands=vc.backbone_bands, input_size=vc.backbone_input_size,
                               device=device)
@@ -197,6 +243,17 @@ def spatial_split(block_id: np.ndarray, val_fraction: float, seed: int) -> tuple
     k = min(max(k, 1), len(blocks) - 1)
     val_blocks = blocks[order[:k]]
     is_val = np.isin(block_id, val_blocks)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def random_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out a random ``val_fraction`` of the ``n`` rows (rounded; at least 1, and at least 2 rows
+    left for training), drawn with ``numpy.random.default_rng(seed)``; both index arrays sorted."""
+    if n < 3:
+        raise InputError(f"{n} locations are too few for a random validation split")
+    k = min(max(int(round(val_fraction * n)), 1), n - 2)
+    is_val = np.zeros(n, dtype=bool)
+    is_val[np.random.default_rng(seed).permutation(n)[:k]] = True
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 

@@ -3,12 +3,13 @@ the bundle of the best epoch.
 
 :func:`train` is the stage's entry point (``geoembed train`` calls it through
 :mod:`geoembed.train.command`). Each epoch shuffles the training rows and draws the coordinate jitter from
-a generator seeded by (seed, epoch), runs the steps (:class:`~geoembed.train.step.StepRunner`), then
-:func:`evaluate` scores the held-out blocks: loss, and top-1/top-5 retrieval of each location's
-coordinates among the validation locations from its views. The weights judged (and kept as the best) are
-the moving average when ``train.ema_decay`` is set, else the raw weights; ``train.monitor`` picks the best
-epoch (``val_loss``: lower is better; ``val_top1`` / ``val_top5``: higher). After every epoch the
-checkpoint and ``metrics.jsonl`` / ``metrics.csv`` are rewritten atomically.
+a generator seeded by (seed, epoch) (with coordinate-network dropout, the global generator its masks come
+from is seeded by (seed, epoch) too, so a resumed run matches an uninterrupted one), runs the steps
+(:class:`~geoembed.train.step.StepRunner`), then :func:`evaluate` scores the held-out rows: loss, and
+top-1/top-5 retrieval of each location's coordinates among the validation locations from its views. The
+weights judged (and kept as the best) are the moving average when ``train.ema_decay`` is set, else the raw
+weights; ``train.monitor`` picks the best epoch (``val_loss``: lower is better; ``val_top1`` / ``val_top5``:
+higher). After every epoch the checkpoint and ``metrics.jsonl`` / ``metrics.csv`` are rewritten atomically.
 """
 
 from __future__ import annotations
@@ -39,7 +40,14 @@ from geoembed.train.checkpoint import (
     save_checkpoint,
     training_budget,
 )
-from geoembed.train.data import TrainData, batch_inputs, load_training_data, spatial_split, view_configs
+from geoembed.train.data import (
+    TrainData,
+    batch_inputs,
+    load_training_data,
+    random_split,
+    spatial_split,
+    view_configs,
+)
 from geoembed.train.model import MultiViewModel, coordinate_spec, make_ema, make_optimizer
 from geoembed.train.step import StepRunner, setup_distributed
 
@@ -172,7 +180,10 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
     run_dir = _prepare_run_dir(cfg, fingerprint, rank=rank, world=world, resume=resume, overwrite=overwrite)
     ckpt = run_dir / CHECKPOINT
 
-    train_idx, val_idx = spatial_split(data.block_id, tc.val_fraction, seed)
+    if tc.validation == "random":
+        train_idx, val_idx = random_split(data.n, tc.val_fraction, seed)
+    else:
+        train_idx, val_idx = spatial_split(data.block_id, tc.val_fraction, seed)
     lon_np, lat_np = data.lon.numpy(), data.lat.numpy()
     spec = coordinate_spec(tc, lon_np, lat_np)
     torch.manual_seed(seed)
@@ -204,6 +215,7 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
                         grad_clip=tc.grad_clip, jitter_m=tc.jitter_m, world=world, ema=ema,
                         ema_decay=tc.ema_decay, compile=tc.compile, cuda_graph=tc.cuda_graph)
     stopped = "epochs"
+    dropout = tc.coordinate_encoder.network.dropout > 0
     t_start = time.perf_counter()
     from tqdm.auto import tqdm
 
@@ -220,6 +232,8 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
         t0 = time.perf_counter()
         model.train()
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        if dropout:  # dropout draws from the global generator: seeded per epoch so a resume matches
+            torch.manual_seed((seed * 1_000_003 + epoch) * 64 + 1 + rank)
         perm = train_idx_t[torch.randperm(n_train, generator=gen)].to(device)
         noise = torch.randn(n_train, 2, generator=gen, dtype=torch.float64).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -290,7 +304,9 @@ def _write_bundle(cfg: Config, model: MultiViewModel, summary: dict, best_row: d
     metrics["run_fingerprint"] = fingerprint
     metrics["budget"] = training_budget(tc)
     enc = model.coord.to("cpu").eval()
-    bundle = save_bundle(cfg.workdir_path / BUNDLE_DIR, enc, enc.spec, footprint=training_footprint(lon, lat),
+    # The bundle's spec leaves out training-only settings (dropout): its encoder has no dropout at all.
+    bundle = save_bundle(cfg.workdir_path / BUNDLE_DIR, enc, enc.inference_spec,
+                         footprint=training_footprint(lon, lat),
                          out_of_support_km=tc.out_of_support_km, config=cfg.model_dump(mode="json"),
                          metrics=metrics, data_fingerprint=data.fingerprint)
     return {"bundle": str(bundle), "metrics": metrics}

@@ -24,7 +24,8 @@ from geoembed.nn.losses import ContrastiveLoss
 from geoembed.nn.networks import CoordinateEncoder, build_coordinate_encoder
 from geoembed.nn.views import build_view_encoder
 
-__all__ = ["MultiViewModel", "coordinate_spec", "ema_update", "make_ema", "make_optimizer"]
+__all__ = ["MultiViewModel", "coordinate_spec", "ema_update", "make_ema", "make_optimizer",
+           "no_decay_parameters"]
 
 
 def coordinate_spec(tc: TrainConfig, lon: np.ndarray, lat: np.ndarray) -> dict:
@@ -68,7 +69,7 @@ class MultiViewModel(nn.Module):
             # The one place a view's encoder is built (``auto`` resolves through the store's view kind).
             encoders[name] = build_view_encoder(shapes, out_dim=vc.out_dim, encoder=vc.encoder, view=name,
                                                 kind=(view_kinds or {}).get(name), channels=vc.channels,
-                                                hidden=vc.hidden)
+                                                hidden=vc.hidden, head_norm=vc.head_norm)
         self.views = nn.ModuleDict(encoders)
         dims = {n: e.out_dim for n, e in encoders.items()}
         d = tc.embedding_dim
@@ -102,15 +103,42 @@ class MultiViewModel(nn.Module):
         return self.loss(coords, self.embed_views(inputs), self.masks(valid))
 
 
+_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+          nn.SyncBatchNorm)
+
+
+def no_decay_parameters(model: MultiViewModel, exclude: list[str] | tuple[str, ...]) -> set[int]:
+    """``id``s of the parameters ``train.weight_decay_exclude`` names: ``bias`` (every bias), ``norm``
+    (the parameters of LayerNorm / BatchNorm / GroupNorm / RMSNorm layers) and ``temperature`` (the loss's
+    logit scale)."""
+    out: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if (("bias" in exclude and name == "bias") or ("norm" in exclude and isinstance(module, _NORMS))
+                    or ("temperature" in exclude and module is model.loss)):
+                out.add(id(p))
+    return out
+
+
 def make_optimizer(model: MultiViewModel, tc: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with the coordinate encoder in its own parameter group (``coord_lr``); fused on CUDA."""
+    """AdamW with the coordinate encoder in its own parameter group (``coord_lr``); fused on CUDA.
+
+    With ``train.weight_decay_exclude`` the parameters it names go to two more groups (other, then
+    coordinate encoder) with no weight decay; without it there are exactly the two groups above.
+    """
     coord_params = list(model.coord.parameters())
     coord_ids = {id(p) for p in coord_params}
     other = [p for p in model.parameters() if id(p) not in coord_ids]
-    return torch.optim.AdamW(
-        [{"params": other, "lr": tc.lr}, {"params": coord_params, "lr": tc.coord_lr or tc.lr}],
-        weight_decay=tc.weight_decay, **({"fused": True} if device.type == "cuda" else {}),
-    )
+    lrs = (tc.lr, tc.coord_lr or tc.lr)
+    groups = [{"params": other, "lr": lrs[0]}, {"params": coord_params, "lr": lrs[1]}]
+    if tc.weight_decay_exclude:
+        skip = no_decay_parameters(model, tc.weight_decay_exclude)
+        decayed = [{"params": [p for p in g["params"] if id(p) not in skip], "lr": g["lr"]} for g in groups]
+        free = [{"params": [p for p in g["params"] if id(p) in skip], "lr": g["lr"], "weight_decay": 0.0}
+                for g in groups]
+        groups = [g for g in decayed + free if g["params"]]
+    return torch.optim.AdamW(groups, weight_decay=tc.weight_decay,
+                             **({"fused": True} if device.type == "cuda" else {}))
 
 
 def make_ema(model: nn.Module) -> nn.Module:
