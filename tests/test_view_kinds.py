@@ -164,10 +164,11 @@ def test_config_validation_through_the_registry(registries):
         parse_config({"views": [{"kind": "waves", "name": "w", "wavelength": [3]}]})
     with pytest.raises(ConfigError, match=r"views\.0\.waves\.wavelengths_km"):
         parse_config({"views": [{"kind": "waves", "name": "w", "wavelengths_km": []}]})
-    with pytest.raises(ConfigError, match=r"views\.0: unknown view kind 'wave' \(registered kinds: osm, raster, "
-                                          r"waves\)"):
+    with pytest.raises(ConfigError, match=r"views\.0: unknown view kind 'wave' \(registered kinds: embedding, osm, "
+                                          r"raster, waves\)"):
         parse_config({"views": [{"kind": "wave", "name": "w"}]})
-    with pytest.raises(ConfigError, match=r"views\.0: a view needs a kind \(one of: osm, raster, waves\)"):
+    with pytest.raises(ConfigError, match=r"views\.0: a view needs a kind \(one of: embedding, osm, raster, "
+                                          r"waves\)"):
         parse_config({"views": [{"name": "w"}]})
     with pytest.raises(ValueError, match="already registered"):
         registry.register_view_kind("waves", config=WavesConfig, view=WavesView, encoder="mlp")
@@ -176,11 +177,13 @@ def test_config_validation_through_the_registry(registries):
 def test_builtin_kinds_resolve_lazily_to_their_classes(registries):
     from geoembed.config.build import OsmViewConfig, RasterViewConfig
     from geoembed.views.driver import make_view
+    from geoembed.views.embedding import EmbeddingView, EmbeddingViewConfig
     from geoembed.views.osm import OsmView
     from geoembed.views.raster import RasterView
 
     for kind, model, view, encoder in (("raster", RasterViewConfig, RasterView, "cnn"),
-                                       ("osm", OsmViewConfig, OsmView, "hex")):
+                                       ("osm", OsmViewConfig, OsmView, "hex"),
+                                       ("embedding", EmbeddingViewConfig, EmbeddingView, "embedding")):
         entry = registry.view_kind(kind)
         assert (entry.config_model, entry.view_class, entry.encoder) == (model, view, encoder)
         assert view.kind == kind and view.config_model is model and entry.encoder in nn_views.encoder_names()
@@ -191,7 +194,7 @@ def test_builtin_kinds_resolve_lazily_to_their_classes(registries):
 
 def test_encoder_names_are_checked():
     with pytest.raises(ConfigError, match=r"train\.views\[v\]\.encoder: unknown view encoder 'nope' "
-                                          r"\(registered: auto, by_shape, cnn, hex, mlp"):
+                                          r"\(registered: auto, by_shape, cnn, embedding, hex, mlp"):
         nn_views.build_view_encoder({"x": (3,)}, out_dim=4, encoder="nope", view="v")
     # auto: the store's kind's default (raster: CNN, osm: hex CNN), else by name and shape
     raster = nn_views.build_view_encoder({"chips": (2, 8, 8)}, out_dim=4, kind="raster")

@@ -253,7 +253,8 @@ def build_view_encoder(
     Built-in encoders, per array (``features``, a frozen backbone's output, always gets a
     :class:`FeatureHead`, vectors a :class:`TabularMLP`): ``cnn`` (``(C, H, W)`` -> :class:`RasterCNN`;
     the raster kind's default), ``stats`` (-> :class:`ChipStats`), ``hex`` (-> :class:`HexEncoder`; the
-    OSM kind's default), ``mlp`` (everything flattened into an MLP), ``resnet18_frozen`` (the frozen
+    OSM kind's default), ``mlp`` (everything flattened into an MLP), ``embedding`` (a linear head on each ``(D,)``
+    vector; the embedding kind's default), ``resnet18_frozen`` (the frozen
     backbone's features, precomputed by the trainer) and ``by_shape`` (an array named ``hex`` ->
     hex CNN, other ``(C, H, W)`` -> CNN).
     """
@@ -307,6 +308,25 @@ register_encoder("hex", _per_array(_hex))
 register_encoder("mlp", _per_array(lambda *args: None))
 register_encoder("resnet18_frozen", _per_array(lambda *args: None))  # its one array arrives as ``features``
 register_encoder("by_shape", _per_array(lambda name, *args: (_hex if name == "hex" else _cnn)(name, *args)))
+
+
+def _embedding(shapes: Mapping[str, tuple[int, ...]], *, out_dim: int, channels: Sequence[int] | None = None,
+               hidden: Sequence[int] = (64,)) -> ViewEncoder:
+    """The ``embedding`` view kind's default: a linear head (linear layer + LayerNorm) on each ``(D,)``
+    embedding vector, which arrives standardised per dimension by the store's statistics as every vector
+    does. A teacher's embedding is already a representation: a linear head keeps its geometry, so the
+    coordinate encoder learns it up to a linear map (an MLP head lets it match a warped copy; ``encoder:
+    mlp`` gives one). ``hidden`` and ``channels`` are not used."""
+    flat = {n: tuple(int(s) for s in shape) for n, shape in shapes.items()}
+    bad = {n: s for n, s in flat.items() if len(s) != 1}
+    if bad:
+        raise ConfigError(f"view encoder 'embedding' takes (D,) vectors; array(s) {bad} are not: "
+                          "choose another encoder for this view")
+    parts = {n: TabularMLP(s[0], out_dim, hidden=()) for n, s in flat.items()}
+    return ViewEncoder(parts, dict.fromkeys(parts, out_dim), out_dim)
+
+
+register_encoder("embedding", _embedding)
 
 
 # ----------------------------------------------------------------------------- frozen ResNet-18

@@ -2,8 +2,9 @@
 
 A config's ``views`` entries are validated by the model their ``kind`` registered, ``geoembed build``
 builds them with the registered View, and ``geoembed train`` encodes a store with the kind's default
-encoder when the config says ``encoder: auto``. The built-in kinds (``raster``, ``osm``) register
-themselves below by ``"module:attribute"`` names, so that reading a config imports no view code; a
+encoder when the config says ``encoder: auto``. The built-in kinds (``raster``, ``osm``, ``embedding``)
+register themselves below by ``"module:attribute"`` names, so that reading a config imports no view code
+(a config with an ``embedding`` view imports that kind's module, which holds its settings); a
 kind added from outside registers its classes directly::
 
     from geoembed.views.registry import register_view_kind
@@ -122,3 +123,5 @@ register_view_kind("raster", config="geoembed.config.build:RasterViewConfig",
                    view="geoembed.views.raster:RasterView", encoder="cnn")
 register_view_kind("osm", config="geoembed.config.build:OsmViewConfig",
                    view="geoembed.views.osm:OsmView", encoder="hex")
+register_view_kind("embedding", config="geoembed.views.embedding:EmbeddingViewConfig",
+                   view="geoembed.views.embedding:EmbeddingView", encoder="embedding")
