@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from geoembed.config import Config, load_config, save_resolved
-from geoembed.config.build import ViewConfig
+from geoembed.config.build import RasterViewConfig, ViewConfig
 from geoembed.errors import InputError
 from geoembed.io.fingerprint import file_fingerprint, source_fingerprint, text_fingerprint
 from geoembed.io.locations import read_locations, read_locations_meta, write_locations
@@ -35,31 +35,96 @@ def coverage_sources(cfg: Config) -> list[str]:
     return [s for v in cfg.views for s in v.footprint_sources()]
 
 
+def raster_options(cfg: Config) -> dict:
+    """The CRS and nodata overrides the config gives raster files (a raster view's ``crs`` and
+    ``nodata`` entries, by source), for the same files as region, weight or coverage rasters."""
+    from geoembed.views.raster.validarea import RasterOptions
+
+    out: dict = {}
+    for v in cfg.views:
+        if isinstance(v, RasterViewConfig):
+            for k, src in enumerate(v.sources):
+                crs, nodata = v.crs[k] if v.crs else None, v.nodata[k] if v.nodata else None
+                if crs is not None or nodata is not None:
+                    out.setdefault(src, RasterOptions(crs, nodata, f"view {v.name}: source {k}"))
+    return out
+
+
+def _locations_fingerprints(cfg: Config, cov: list[str], options: dict) -> tuple[str, str | None]:
+    """What the locations depend on, and the same as geoembed fingerprinted it before locations were
+    kept to the rasters' data (None where such a build could not have had these settings: a ``crs``
+    override). Keys added since appear only when they apply."""
+    loc = cfg.locations
+    assert loc is not None
+    parts = {
+        "locations": loc.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "coverage": {s: source_fingerprint(s) for s in cov},
+        "points": file_fingerprint(loc.points) if loc.points else None,
+    }
+    legacy = text_fingerprint(parts)
+    rasters = [*cov, *(r for r in (loc.region and loc.region.raster, loc.weight and loc.weight.raster) if r)]
+    used = {s: [options[s].crs, options[s].nodata] for s in rasters if s in options}
+    if used:  # the valid-data areas depend on them
+        parts["raster_options"] = used
+    for key, r in (("region_raster", loc.region and loc.region.raster),
+                   ("weight_raster", loc.weight and loc.weight.raster)):
+        if r and r not in cov:
+            parts[key] = source_fingerprint(r)
+    if any(crs is not None for crs, _ in used.values()) or (loc.region and loc.region.crs) or \
+            (loc.weight and loc.weight.crs):
+        legacy = None
+    return text_fingerprint(parts), legacy
+
+
+def _coverage_areas(cov: list[str], options: dict) -> list:
+    from geoembed.views.raster.validarea import raster_area
+
+    return [raster_area(s, options.get(s), where=options[s].origin if s in options else "locations.coverage")
+            for s in cov]
+
+
+def _all_on_data(cfg: Config, cov: list[str], options: dict, path: Path) -> bool:
+    """Whether every location of an existing file lies on data of each coverage raster and of the
+    region raster (a file from before locations were kept to the rasters' data may not)."""
+    from geoembed.locations import coverage_mask, region_options
+    from geoembed.views.raster.validarea import raster_area
+
+    areas = _coverage_areas(cov, options)
+    region = cfg.locations.region if cfg.locations else None
+    if region is not None and region.raster is not None:
+        areas.append(raster_area(region.raster, region_options(region, options), where="locations.region.raster"))
+    gdf = read_locations(path)
+    return bool(coverage_mask(gdf["lon"].to_numpy(), gdf["lat"].to_numpy(), areas).all())
+
+
 def build_locations(cfg: Config, overwrite: bool = False) -> tuple[Path, dict]:
-    """Write ``<workdir>/locations.parquet`` unless an identical one exists. Returns (path, metadata)."""
-    from geoembed.io.rasters import raster_footprint
+    """Write ``<workdir>/locations.parquet`` unless an identical one exists. Returns (path, metadata).
+
+    Locations lie on data of every coverage raster and, with ``region: raster``, of the region raster
+    (:mod:`geoembed.locations`; the metadata says ``valid_area``). A file written before that rule,
+    with the same settings and inputs, is kept while all its locations lie on data; else it is
+    rebuilt like a changed one (``overwrite``)."""
     from geoembed.locations import make_location_table
 
     assert cfg.locations is not None
     path = cfg.workdir_path / LOCATIONS_FILE
     cov = coverage_sources(cfg)
-    fingerprint = text_fingerprint({
-        "locations": cfg.locations.model_dump(mode="json"),
-        "seed": cfg.seed,
-        "coverage": {s: source_fingerprint(s) for s in cov},
-        "points": file_fingerprint(cfg.locations.points) if cfg.locations.points else None,
-    })
+    options = raster_options(cfg)
+    fingerprint, legacy = _locations_fingerprints(cfg, cov, options)
     if path.exists():
         meta = read_locations_meta(path)
-        if meta.get("build_fingerprint") == fingerprint:
+        stored = meta.get("build_fingerprint")
+        earlier = not meta.get("valid_area") and stored == legacy
+        if (stored == fingerprint and meta.get("valid_area")) or (earlier and _all_on_data(cfg, cov, options, path)):
             log.info("locations: %s is up to date", path)
             return path, meta
         if not overwrite:
-            raise InputError(f"{path} was built from different settings or inputs; pass --overwrite to rebuild "
-                             "it (views built on it are rebuilt too)")
-    footprints = [raster_footprint(s) for s in cov]
-    gdf, meta = make_location_table(cfg.locations, footprints, cfg.seed)
-    meta = {**meta, "build_fingerprint": fingerprint, "coverage": cov}
+            why = ("was sampled by an earlier geoembed, some of its locations on pixels without data" if earlier
+                   else "was built from different settings or inputs")
+            raise InputError(f"{path} {why}; pass --overwrite to rebuild it (views built on it are rebuilt too)")
+    gdf, meta = make_location_table(cfg.locations, _coverage_areas(cov, options), cfg.seed, options)
+    meta = {**meta, "build_fingerprint": fingerprint, "coverage": cov, "valid_area": True}
     write_locations(gdf, path, meta)
     return path, meta
 

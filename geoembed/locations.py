@@ -3,6 +3,12 @@
 All sampling is deterministic for a seed. Uniform sampling is uniform in area on the sphere
 (latitude drawn through sin(lat)); weighted sampling follows a density raster (value x pixel area)
 or a point layer (points drawn with replacement, jittered by a Gaussian of ``jitter_m`` metres).
+
+A region raster is its valid-data area (:mod:`geoembed.views.raster.validarea`), not its rectangle:
+points are drawn in its footprint and kept where a pixel holds data, so that with a raster framed by
+no data every location lands on data. Coverage rasters filter the same way (a location must lie on
+data of each): a location over no data would only give an empty chip. A raster without no data,
+nodata value or mask is its whole footprint, as before.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from geoembed.geo import (
 )
 from geoembed.io.fingerprint import file_fingerprint
 from geoembed.io.locations import make_locations
-from geoembed.io.rasters import open_raster, raster_footprint
+from geoembed.io.rasters import open_raster, raster_crs, raster_footprint
+from geoembed.views.raster.validarea import RasterArea, RasterOptions, raster_area
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +77,17 @@ def read_vector(path: str | os.PathLike) -> gpd.GeoDataFrame:
     return gdf.to_crs("EPSG:4326")
 
 
-def region_geometry(region: RegionConfig):
-    """The region as a shapely geometry in EPSG:4326."""
+def region_options(region: RegionConfig, raster_options: dict[str, RasterOptions] | None = None) -> RasterOptions:
+    """The CRS and nodata of a region raster: the region's own settings, else those the config gives
+    the same file elsewhere (``raster_options``, e.g. a raster view's ``crs``/``nodata``)."""
+    inherited = (raster_options or {}).get(region.raster or "", RasterOptions())
+    return RasterOptions(region.crs if region.crs is not None else inherited.crs,
+                         region.nodata if region.nodata is not None else inherited.nodata, inherited.origin)
+
+
+def region_geometry(region: RegionConfig, raster_options: dict[str, RasterOptions] | None = None):
+    """The region as a shapely geometry in EPSG:4326 (a raster's footprint: its rectangle; see
+    :func:`~geoembed.views.raster.validarea.raster_area` for where it holds data)."""
     if region.bbox is not None:
         x0, y0, x1, y1 = region.bbox
         if x0 > x1:  # across the antimeridian: the parts on either side
@@ -83,22 +99,29 @@ def region_geometry(region: RegionConfig):
         if geom.is_empty or geom.area == 0:
             raise InputError(f"region polygon file {region.polygon} has no polygon area")
         return geom
-    return raster_footprint(region.raster)
+    return raster_footprint(region.raster, crs=region_options(region, raster_options).crs)
 
 
 def coverage_mask(lon: np.ndarray, lat: np.ndarray, footprints: list) -> np.ndarray:
-    """True where a point lies inside every footprint (all views need data there)."""
+    """True where a point lies inside every footprint (all views need data there): a shapely geometry,
+    or a :class:`~geoembed.views.raster.validarea.RasterArea` (on a pixel with data)."""
     ok = np.ones(len(lon), dtype=bool)
     for fp in footprints:
+        if isinstance(fp, RasterArea):
+            sel = np.flatnonzero(ok)
+            ok[sel] = fp.contains(np.asarray(lon)[sel], np.asarray(lat)[sel])
+            continue
         shapely.prepare(fp)
         ok &= shapely.contains_xy(fp, lon, lat)
     return ok
 
 
 # ---------------------------------------------------------------------------- samplers
-def _uniform_in(geom, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _uniform_in(geom, n: int, rng: np.random.Generator, accept=None,
+                share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """n points uniform in area on the sphere inside ``geom`` (rejection from its bounding box; a
-    region across the antimeridian is drawn from the box around its unwrapped parts)."""
+    region across the antimeridian is drawn from the box around its unwrapped parts) for which
+    ``accept(lon, lat)`` holds (a raster's valid-data area, covering about ``share`` of ``geom``)."""
     geom = east_of_antimeridian(geom)
     x0, y0, x1, y1 = geom.bounds
     s0, s1 = np.sin(np.radians(y0)), np.sin(np.radians(y1))
@@ -107,9 +130,14 @@ def _uniform_in(geom, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     got = 0
     for _ in range(MAX_ROUNDS):
         m = max(1024, int((n - got) * 1.3 * geom.envelope.area / max(geom.area, 1e-12)))
+        if share < 1.0:  # more draws for a sparse valid area, at most 4 M per round
+            m = max(m, min(int(m / max(share, 1e-9)), 1 << 22))
         lon = rng.uniform(x0, x1, m)
         lat = np.degrees(np.arcsin(rng.uniform(s0, s1, m)))
         inside = shapely.contains_xy(geom, lon, lat)
+        if accept is not None:
+            sel = np.flatnonzero(inside)
+            inside[sel] = accept(wrap_lon(lon[sel]), lat[sel])
         out_lon.append(lon[inside])
         out_lat.append(lat[inside])
         got += int(inside.sum())
@@ -122,16 +150,17 @@ def _uniform_in(geom, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.
     return lon, lat
 
 
-def _density_sampler(path: str, geom, rng: np.random.Generator):
-    """Return a function n -> (lon, lat) drawing points proportionally to a density raster."""
+def _density_sampler(path: str, geom, rng: np.random.Generator, crs: str | None = None):
+    """Return a function n -> (lon, lat) drawing points proportionally to a density raster (``crs``:
+    the config's override of its CRS)."""
     from rasterio.enums import Resampling
 
-    with open_raster(path) as ds:
+    with open_raster(path, crs=crs) as ds:
         scale = max(1.0, np.sqrt(ds.width * ds.height / _DENSITY_MAX_PIXELS))
         h, w = int(ds.height / scale), int(ds.width / scale)
         arr = ds.read(1, out_shape=(h, w), masked=True, resampling=Resampling.average).astype(np.float64)
         transform = ds.transform @ ds.transform.scale(ds.width / w, ds.height / h)
-        crs = ds.crs
+        crs = raster_crs(ds, crs, where="locations.weight.crs")
     vals = np.ma.filled(arr, 0.0)
     vals[~np.isfinite(vals)] = 0.0
     if (vals < 0).any():
@@ -174,17 +203,29 @@ def _points_sampler(weight: WeightConfig, rng: np.random.Generator):
     return draw
 
 
-def sample_points(cfg: LocationsConfig, footprints: list, seed: int) -> tuple[np.ndarray, np.ndarray, SampleReport]:
-    """Draw ``cfg.n`` points in the region (weighted if configured) that lie inside every footprint."""
+def sample_points(cfg: LocationsConfig, footprints: list, seed: int,
+                  raster_options: dict[str, RasterOptions] | None = None) -> tuple[np.ndarray, np.ndarray, SampleReport]:
+    """Draw ``cfg.n`` points in the region (weighted if configured) that lie inside every footprint;
+    a region raster's points lie on its pixels with data. ``raster_options``: the config's CRS and
+    nodata overrides per raster file (a region or weight raster without its own take these)."""
     assert cfg.region is not None and cfg.n is not None
     rng = np.random.default_rng(seed)
-    geom = region_geometry(cfg.region)
+    area = None
+    if cfg.region.raster is not None:
+        area = raster_area(cfg.region.raster, region_options(cfg.region, raster_options),
+                           where="locations.region.raster")
+        geom = area.footprint
+    else:
+        geom = region_geometry(cfg.region)
+    accept = area.contains if area is not None and area.fraction < 1.0 else None
     report = SampleReport(requested=cfg.n)
     if cfg.weight is None:
         def draw(m: int):
-            return _uniform_in(geom, m, rng)
+            return _uniform_in(geom, m, rng, accept, area.fraction if accept else 1.0)
     elif cfg.weight.raster is not None:
-        draw = _density_sampler(cfg.weight.raster, geom, rng)
+        crs = cfg.weight.crs if cfg.weight.crs is not None else \
+            (raster_options or {}).get(cfg.weight.raster, RasterOptions()).crs
+        draw = _density_sampler(cfg.weight.raster, geom, rng, crs)
     else:
         draw = _points_sampler(cfg.weight, rng)
     shapely.prepare(geom)
@@ -194,6 +235,9 @@ def sample_points(cfg: LocationsConfig, footprints: list, seed: int) -> tuple[np
         need = cfg.n - kept
         lon, lat = draw(max(need, 256))
         in_region = shapely.contains_xy(geom, lon, lat)
+        if accept is not None and cfg.weight is not None:  # (uniform draws are accepted already)
+            sel = np.flatnonzero(in_region)
+            in_region[sel] = accept(lon[sel], lat[sel])
         lon, lat = lon[in_region], lat[in_region]
         ok = coverage_mask(lon, lat, footprints)
         # Consider draws in order until ``need`` are kept, so the counts describe exactly those draws.
@@ -268,8 +312,11 @@ def read_points_table(cfg: LocationsConfig) -> tuple[np.ndarray, np.ndarray, np.
 
 
 # ---------------------------------------------------------------------------- blocks and order
-def make_location_table(cfg: LocationsConfig, footprints: list, seed: int) -> tuple[gpd.GeoDataFrame, dict]:
-    """Sample (or read) locations, drop those without coverage, add blocks, order along a Z-curve."""
+def make_location_table(cfg: LocationsConfig, footprints: list, seed: int,
+                        raster_options: dict[str, RasterOptions] | None = None) -> tuple[gpd.GeoDataFrame, dict]:
+    """Sample (or read) locations, drop those without coverage (``footprints``: geometries or
+    :class:`~geoembed.views.raster.validarea.RasterArea`), add blocks, order along a Z-curve.
+    ``raster_options``: the config's CRS and nodata overrides per raster file (see :func:`sample_points`)."""
     if cfg.points is not None:
         ids, lon, lat = read_points_table(cfg)
         ok = coverage_mask(lon, lat, footprints)
@@ -280,7 +327,7 @@ def make_location_table(cfg: LocationsConfig, footprints: list, seed: int) -> tu
         ids, lon, lat = ids[ok], lon[ok], lat[ok]
         source = {"points": cfg.points, "fingerprint": file_fingerprint(cfg.points)}
     else:
-        lon, lat, report = sample_points(cfg, footprints, seed)
+        lon, lat, report = sample_points(cfg, footprints, seed, raster_options)
         ids = None
         source = {"region": cfg.region.model_dump(), "weight": cfg.weight.model_dump() if cfg.weight else None}
     order = morton_order(lon, lat)

@@ -29,6 +29,7 @@ from geoembed.config.build import (
 from geoembed.config.evaluate import EvaluateConfig
 from geoembed.config.train import TrainConfig
 from geoembed.errors import ConfigError
+from geoembed.io import gdalnames
 
 __all__ = [
     "Config",
@@ -89,19 +90,25 @@ class Config(Section):
 
 _PATH_KEYS = frozenset({"polygon", "raster", "points", "source", "sources", "catalogue", "coverage", "workdir",
               "table", "bundle", "weights_file", "backbone_weights", "output"})
+# keys naming rasters: GDAL dataset names there (subdatasets, /vsizip/ members) keep their form
+_RASTER_KEYS = frozenset({"raster", "sources", "coverage"})
 
 
 def _resolve_paths(node: Any, base: Path, key: str | None = None, keys: frozenset[str] = _PATH_KEYS) -> Any:
     """Make relative file paths absolute against the config file's folder (in a view, also the fields
-    its kind lists in ``path_fields``)."""
+    its kind lists in ``path_fields``). In raster keys, only the file path inside a GDAL dataset name
+    is (``NETCDF:"data/x.nc":t2m``, ``/vsizip/data/a.zip/b.tif``; see :mod:`geoembed.io.gdalnames`)."""
     if isinstance(node, dict):
         return {k: _resolve_paths(v, base, k, keys) for k, v in node.items()}
     if isinstance(node, list):
         if key == "views":
             return [_resolve_paths(v, base, None, _view_path_keys(v)) for v in node]
         return [_resolve_paths(v, base, key, keys) for v in node]
-    if key in keys and isinstance(node, str) and "://" not in node and not os.path.isabs(node):
-        return str((base / node).resolve())
+    if key in keys and isinstance(node, str):
+        if key in _RASTER_KEYS:
+            return gdalnames.absolute(node, base)
+        if "://" not in node and not os.path.isabs(node):
+            return str((base / node).resolve())
     return node
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, PlainValidator, SerializeAsAny, ValidationError, model_validator
+from pydantic import Field, PlainValidator, SerializeAsAny, ValidationError, model_serializer, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from geoembed.config.base import Section
@@ -27,21 +27,48 @@ class DaskConfig(Section):
                             "where the chips would pass 64 MB per chunk)")
 
 
-class RegionConfig(Section):
-    """The sampling region: exactly one of a bounding box, a polygon file or a raster footprint."""
+class _OmitWhenUnset:
+    """Settings added after artefacts were first fingerprinted (``_omit_when_none``) are left out of
+    the dump while unset, so that the fingerprints of configs without them do not change."""
+
+    _omit_when_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler):
+        data = handler(self)
+        for key in self._omit_when_none:
+            if isinstance(data, dict) and key in data and data[key] is None:
+                del data[key]
+        return data
+
+
+class RegionConfig(_OmitWhenUnset, Section):
+    """The sampling region: exactly one of a bounding box, a polygon file or a raster. A raster region
+    is where the raster has data (its valid pixels: not nodata, not NaN, not masked), not its whole
+    rectangle; ``crs`` and ``nodata`` override the raster's own (else those of a raster view listing
+    the same file apply)."""
+
+    _omit_when_none: ClassVar[tuple[str, ...]] = ("crs", "nodata")
 
     bbox: tuple[float, float, float, float] | None = Field(
         default=None, description="lon_min, lat_min, lon_max, lat_max in EPSG:4326 (lon_min > lon_max: across "
         "the antimeridian, e.g. [170, -20, -170, -10])"
     )
     polygon: str | None = Field(default=None, description="vector file (any CRS); union of its geometries")
-    raster: str | None = Field(default=None, description="raster whose valid footprint is the region")
+    raster: str | None = Field(default=None, description="raster (path or GDAL dataset name) whose valid-data "
+                               "area is the region")
+    crs: str | None = Field(default=None, description="CRS of the region raster when it has none (or the "
+                            "wrong one), e.g. EPSG:4326")
+    nodata: float | None = Field(default=None, description="nodata value of the region raster (overrides the "
+                                 "file's)")
 
     @model_validator(mode="after")
     def _one_of(self) -> RegionConfig:
         given = [k for k in ("bbox", "polygon", "raster") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of bbox, polygon, raster (got {given or 'none'})")
+        if self.raster is None and (self.crs is not None or self.nodata is not None):
+            raise ValueError("crs and nodata apply to a region raster only")
         if self.bbox is not None:
             x0, y0, x1, y1 = self.bbox
             # lon_min > lon_max crosses the antimeridian (as GeoJSON bboxes do); such a box wider than
@@ -54,18 +81,23 @@ class RegionConfig(Section):
         return self
 
 
-class WeightConfig(Section):
+class WeightConfig(_OmitWhenUnset, Section):
     """Sampling weights: a density raster (sampled proportionally to its values) or a point layer
     (sampled around its points, with ``jitter_m`` Gaussian spread)."""
+
+    _omit_when_none: ClassVar[tuple[str, ...]] = ("crs",)
 
     raster: str | None = None
     points: str | None = None
     jitter_m: float = Field(default=250.0, ge=0)
+    crs: str | None = Field(default=None, description="CRS of the density raster when it has none")
 
     @model_validator(mode="after")
     def _one_of(self) -> WeightConfig:
         if (self.raster is None) == (self.points is None):
             raise ValueError("give exactly one of raster, points")
+        if self.raster is None and self.crs is not None:
+            raise ValueError("crs applies to a density raster only")
         return self
 
 
@@ -81,7 +113,7 @@ class LocationsConfig(Section):
     id_col: str | None = None
     coverage: list[str] = Field(
         default_factory=list,
-        description="raster files whose footprint a location must lie in; default: all raster view sources",
+        description="rasters on whose data (valid pixels) a location must lie; default: all raster view sources",
     )
     block_size_m: float = Field(default=2000.0, gt=0, description="spatial block edge for later splits")
 
@@ -111,8 +143,13 @@ class ViewConfig(Section):
         return []
 
 
-class RasterViewConfig(ViewConfig):
-    """Chips from one or more rasters, stacked band-wise, on a local metric grid centred on each location."""
+class RasterViewConfig(_OmitWhenUnset, ViewConfig):
+    """Chips from one or more rasters, stacked band-wise, on a local metric grid centred on each location.
+
+    A source is a path or a GDAL dataset name (``NETCDF:"x.nc":t2m``, ``/vsizip/a.zip/b.tif``, a URL).
+    ``crs`` and ``nodata`` are per source (null = what the file declares)."""
+
+    _omit_when_none: ClassVar[tuple[str, ...]] = ("crs",)
 
     kind: Literal["raster"] = "raster"
     name: str
@@ -127,18 +164,22 @@ class RasterViewConfig(ViewConfig):
     nodata: list[float | None] | None = Field(
         default=None, description="per source nodata override (null = what the file declares)"
     )
+    crs: list[str | None] | None = Field(
+        default=None, description="per source CRS override, e.g. EPSG:4326 for a NetCDF without one (null = the "
+        "file's)"
+    )
     dtype: Literal["float32", "float16"] = "float32"
 
     @model_validator(mode="after")
     def _lengths(self) -> RasterViewConfig:
-        for key in ("bands", "nodata"):
+        for key in ("bands", "nodata", "crs"):
             val = getattr(self, key)
             if val is not None and len(val) != len(self.sources):
                 raise ValueError(f"{key} has {len(val)} entries but there are {len(self.sources)} sources")
         return self
 
     def footprint_sources(self) -> list[str]:
-        """Locations are sampled inside the sources' footprints (unless ``locations.coverage`` says)."""
+        """Locations are kept on the sources' data (unless ``locations.coverage`` says)."""
         return list(self.sources)
 
 

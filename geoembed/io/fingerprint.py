@@ -2,9 +2,9 @@
 fingerprints of large files.
 
 * :func:`file_fingerprint` - ``sha256:<hex>`` of a file's bytes.
-* :func:`source_fingerprint` - an input source: ``remote:<url>`` for GDAL remote paths, else the file's
-  sha256, computed once per process for a given (path, size, mtime) and, for large files, remembered
-  across processes (below).
+* :func:`source_fingerprint` - an input source: ``remote:<url>`` for GDAL remote paths, the files behind
+  a GDAL dataset name (:mod:`geoembed.io.gdalnames`), else the file's sha256, computed once per process
+  for a given (path, size, mtime) and, for large files, remembered across processes (below).
 * :func:`text_fingerprint` - sha256 of a JSON-serialisable object in canonical form.
 
 The cache: hashing a 20 GB mosaic takes tens of seconds, and a build (or a resumed build) fingerprints
@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 
 from geoembed.errors import InputError
+from geoembed.io import gdalnames
 from geoembed.io.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,15 @@ _FINGERPRINTS: dict[tuple, str] = {}  # this process's memo: (real path, size, m
 def source_fingerprint(path: str | os.PathLike) -> str:
     """Fingerprint of an input source: ``remote:<url>`` for GDAL remote paths (``s3://``, ``/vsicurl/``
     ...), else the file's sha256, computed once per process for a given (path, size, mtime) and, for
-    large files, remembered across processes (:func:`lookup`, :func:`remember`)."""
+    large files, remembered across processes (:func:`lookup`, :func:`remember`). A GDAL name over
+    local files (``NETCDF:"x.nc":t2m``, ``/vsizip/a.zip/b.tif``) combines its form with the
+    fingerprints of those files (:mod:`geoembed.io.gdalnames`)."""
     p = str(path)
-    if "://" in p or p.startswith("/vsi"):
+    if gdalnames.is_remote(p):
         return f"remote:{p}"
+    if not os.path.isfile(p) and gdalnames.is_gdal_name(p):  # a subdataset, a /vsizip/ member: its files
+        return text_fingerprint({"name": gdalnames.template(p),
+                                 "files": [source_fingerprint(f) for f in gdalnames.local_files(p)]})
     try:
         st = os.stat(p)
     except FileNotFoundError:

@@ -26,7 +26,7 @@ import threading
 
 import numpy as np
 
-__all__ = ["aeqd_offset", "chip_offsets", "chip_pixel_coords", "source_pixel_frame"]
+__all__ = ["aeqd_offset", "chip_offsets", "chip_pixel_coords", "lonlat_to_pixel", "source_pixel_frame"]
 
 _local = threading.local()
 
@@ -144,6 +144,20 @@ def source_pixel_frame(
     ok = np.isfinite(col) & np.isfinite(row) & np.isfinite(coef).all((1, 2)) & (np.abs(lat) < 89.9)
     return col, row, coef, ok
 
+
+
+def lonlat_to_pixel(crs_wkt: str, transform, lon: np.ndarray, lat: np.ndarray,
+                    width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Continuous source pixel coordinates ``col, row`` (pixel centres at +0.5) of points in EPSG:4326,
+    exactly as :func:`source_pixel_frame` places a chip's centre (geographic longitudes within 180
+    degrees of the raster's centre when ``width`` is given); NaN or inf where untransformable."""
+    tr, _ = _transformer(crs_wkt)
+    x, y = tr.transform(np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64), errcheck=False)
+    inv = ~transform
+    with np.errstate(invalid="ignore"):
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        x = _wrap_longitude(x, crs_wkt, transform, width)
+        return inv.a * x + inv.b * y + inv.c, inv.d * x + inv.e * y + inv.f
 
 
 _ANCHOR_DEG = 0.1

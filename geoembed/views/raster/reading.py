@@ -248,7 +248,7 @@ def block_read_env(sources: Sequence[RasterSource]) -> Iterator[None]:
 
     tiled = True
     for src in sources:
-        with open_raster(src.path) as ds:
+        with open_raster(src.path, crs=src.crs) as ds:
             bands = list(src.bands) if src.bands else list(range(1, ds.count + 1))
             tiled &= block_shape(ds, bands, 1) is not None
     if "GDAL_CACHEMAX" in os.environ or not tiled:

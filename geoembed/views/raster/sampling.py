@@ -73,7 +73,7 @@ def extract_chips(
     lat = np.asarray(lat, dtype=np.float64)
     n = len(lon)
     S = int(chip_size)
-    opened = [(src, open_cached(src.path)) for src in sources]
+    opened = [(src, open_cached(src.path, src.crs)) for src in sources]
     band_sel = [list(src.bands) if src.bands else list(default_bands(ds)) for src, ds in opened]
     channels = sum(len(b) for b in band_sel)
     chips = np.empty((n, channels, S, S), dtype=np.float32)  # every value is written below
@@ -101,7 +101,7 @@ def _sample_source(ds, src: RasterSource, bands: list[int], lon: np.ndarray, lat
     step = max(half, resolution_m, 1.0)
     check_dtypes(ds, src.path, bands)
     nodata, use_mask = band_nodata(ds, bands, src.nodata)
-    col, row, coef, ok = source_pixel_frame(ds.crs.to_wkt(), ds.transform, lon, lat, step, width=ds.width)
+    col, row, coef, ok = source_pixel_frame(src.crs_wkt(ds), ds.transform, lon, lat, step, width=ds.width)
     # integer decimation when chip pixels span several source pixels (GDAL "average" read);
     # not with a nodata override, which GDAL would average into the data
     with np.errstate(invalid="ignore"):
