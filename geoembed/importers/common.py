@@ -4,7 +4,8 @@ reduction).
 
 Loading: ``torch.load(weights_only=True)`` accepts tensors and plain containers only. The allowlist
 adds exactly one thing: Lightning's ``AttributeDict`` (the dict subclass Lightning may store
-hyper-parameters in), rebuilt as a plain ``dict`` without importing Lightning. Anything else (a
+hyper-parameters in), rebuilt as a plain ``dict`` (the name is mapped to ``dict``; Lightning is never
+imported). Anything else (a
 pickled class, a function) is refused with an error naming the file and the object; nothing is run.
 """
 
@@ -14,7 +15,6 @@ import logging
 import os
 import pickle
 import re
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,10 +37,6 @@ _ATTRIBUTE_DICTS = (
 GLOBAL_BBOX = (-180.0, -90.0, 180.0, 90.0)
 
 
-class _PlainDict(dict):
-    """Stand-in for Lightning's AttributeDict while unpickling (data only; no code of Lightning's runs)."""
-
-
 def load_torch_file(path: str | os.PathLike, what: str = "PyTorch file") -> Any:
     """``torch.load(path, weights_only=True)`` on CPU with the small allowlist above.
 
@@ -50,32 +46,20 @@ def load_torch_file(path: str | os.PathLike, what: str = "PyTorch file") -> Any:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{what} {p} does not exist")
-    allow = [(_PlainDict, name) for name in _ATTRIBUTE_DICTS]
+    allow = [(dict, name) for name in _ATTRIBUTE_DICTS]  # rebuilt as a plain dict; Lightning is not imported
     try:
         with torch.serialization.safe_globals(allow):
             obj = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
+    except Exception as err:  # noqa: BLE001 - every failure is a bad file; say which kind
         text = str(err)
-        found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"Unsupported (?:global|operand)[^\n]*", text)
-        name = found.group(1) if found and found.groups() else (found.group(0) if found else text.splitlines()[0])
-        raise InputError(f"{what} {p} holds a pickled object ({name}) where tensors and plain containers are "
-                         f"expected; geoembed never runs pickled code (torch.load weights_only). Re-save it "
-                         f"as a plain dict of tensors") from None
-    except Exception as err:  # noqa: BLE001 - any other failure: not a readable PyTorch file
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if isinstance(err, pickle.UnpicklingError) and found:
+            raise InputError(f"{what} {p} holds a pickled object ({found.group(1)}) where tensors and plain "
+                             f"containers are expected; geoembed never runs pickled code (torch.load "
+                             f"weights_only). Re-save it as a plain dict of tensors") from None
+        detail = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+        first = detail.group(1) if detail else (text.strip().splitlines() or [type(err).__name__])[0]
         raise InputError(f"{what} {p} is not a readable PyTorch file: {first}") from None
-    return _plain(obj)
-
-
-def _plain(obj: Any) -> Any:
-    """Turn the AttributeDict stand-ins back into plain dicts (recursively through containers)."""
-    if isinstance(obj, _PlainDict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, dict):
-        items = [(k, _plain(v)) for k, v in obj.items()]
-        return OrderedDict(items) if isinstance(obj, OrderedDict) else dict(items)
-    if isinstance(obj, list | tuple):
-        return type(obj)(_plain(v) for v in obj)
     return obj
 
 

@@ -262,8 +262,9 @@ class Bundle:
         is applied (in float64) unless ``raw`` is set, which returns the encoder's own
         ``raw_embedding_dim`` features.
         """
-        lon = np.ascontiguousarray(lon, dtype=np.float64).reshape(-1)
-        lat = np.ascontiguousarray(lat, dtype=np.float64).reshape(-1)
+        # Writable: torch must not wrap read-only buffers (pandas' copy-on-write arrays, Arrow columns).
+        lon = np.require(np.asarray(lon, dtype=np.float64).reshape(-1), requirements=["C", "W"])
+        lat = np.require(np.asarray(lat, dtype=np.float64).reshape(-1), requirements=["C", "W"])
         if lon.shape != lat.shape:
             raise InputError(f"lon and lat have different lengths ({lon.size} vs {lat.size})")
         bad = ~(np.isfinite(lon) & np.isfinite(lat))
