@@ -5,8 +5,8 @@ reduction).
 Loading: ``torch.load(weights_only=True)`` accepts tensors and plain containers only. The allowlist
 adds exactly one thing: Lightning's ``AttributeDict`` (the dict subclass Lightning may store
 hyper-parameters in), rebuilt as a plain ``dict`` (the name is mapped to ``dict``; Lightning is never
-imported). Anything else (a
-pickled class, a function) is refused with an error naming the file and the object; nothing is run.
+imported). Anything else (a pickled class, a function) is refused with an error naming the file and the
+object; nothing is run.
 """
 
 from __future__ import annotations
