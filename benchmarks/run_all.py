@@ -1,6 +1,6 @@
 """Run every benchmark at its default size, one after another, printing their figures.
 
-    python benchmarks/run_all.py [--only raster osm enrich train evaluate]
+    python benchmarks/run_all.py [--only raster osm enrich train evaluate import]
 
 Each benchmark is a standalone script in this folder; figures go to stdout (see BENCHMARKS.md).
 """
@@ -20,6 +20,7 @@ BENCHES = {
     "enrich": ["bench_enrich.py"],
     "train": ["bench_train_cpu.py"],
     "evaluate": ["bench_evaluate.py"],
+    "import": ["bench_import.py"],
 }
 
 

@@ -1,4 +1,4 @@
-"""Thin command line over the library: build | train | enrich | evaluate | demo | inspect.
+"""Thin command line over the library: build | train | enrich | evaluate | demo | inspect | import.
 
 Each subcommand lives in its stage's module as ``configure_parser(parser)`` and ``run(args) -> int``,
 imported lazily so that ``geoembed --help`` stays fast.
@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("geoembed.evaluate.command", "compare GLM/GAM/GBM risk models on coordinates and embeddings"),
     "demo": ("geoembed.demo", "run the whole pipeline on the bundled Olinda kit"),
     "inspect": ("geoembed.inspect", "print what an artefact holds"),
+    "import": ("geoembed.importers", "write a bundle from a GeoCLIP/SatCLIP encoder (or add a reduction to one)"),
 }
 
 

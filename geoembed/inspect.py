@@ -63,8 +63,16 @@ def describe(path: str | Path) -> dict | list:
             b = load_bundle(p)
             meta = dict(b.meta)
             meta.pop("footprint", None)
-            return {"artefact": "model bundle", "path": str(p), "fingerprint": b.fingerprint,
-                    "embedding_dim": b.embedding_dim, "footprint_bounds": list(b.footprint.bounds), "meta": meta}
+            out = {"artefact": "model bundle", "path": str(p), "fingerprint": b.fingerprint,
+                   "embedding_dim": b.embedding_dim, "footprint_bounds": list(b.footprint.bounds)}
+            if "model_card" in meta:
+                out["model_card"] = meta.pop("model_card")
+            if "reduction" in meta:
+                red = meta.pop("reduction")
+                out["reduction"] = {k: red.get(k) for k in ("method", "n_components", "raw_embedding_dim",
+                                                           "n_samples", "explained_variance_ratio")}
+                out["reduction"]["reference"] = (red.get("info") or {}).get("reference")
+            return {**out, "meta": meta}
         if (p / "evaluation.json").exists():
             recs = json.loads((p / "evaluation.json").read_text())
             pooled = [r for r in recs if r.get("fold") in (None, "pooled")]

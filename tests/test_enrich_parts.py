@@ -13,8 +13,8 @@ import pytest
 
 from geoembed.cli import main as cli_main
 from geoembed.enrich.parts import SUMMARY_FILE, enrich_directory, read_directory_summary
-from geoembed.enrich.reduction import Reduction
 from geoembed.errors import InputError
+from geoembed.io.reduction import Reduction
 from geoembed.testing.bundles import TINY_EMB as EMB
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -38,9 +38,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from geoembed.enrich.enricher import Enricher
     from geoembed.enrich.fit_reduction import fit_reduction_file
     from geoembed.enrich.parts import enrich_directory
-    from geoembed.enrich.reduction import Reduction
     from geoembed.enrich.transformer import LocationEmbedder
     from geoembed.io.enriched import read_enrich_metadata
+    from geoembed.io.reduction import Reduction
 
 __all__ = [
     "EnrichSummary", "Enricher", "LocationEmbedder", "Reduction", "configure_parser", "enrich_directory",
@@ -55,7 +55,7 @@ _LAZY = {
     "fit_reduction_file": "geoembed.enrich.fit_reduction",
     "read_enrich_metadata": "geoembed.io.enriched",
     "enrich_directory": "geoembed.enrich.parts",
-    "Reduction": "geoembed.enrich.reduction",
+    "Reduction": "geoembed.io.reduction",
 }
 
 

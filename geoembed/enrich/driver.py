@@ -28,11 +28,11 @@ from geoembed.enrich import hygiene as hy
 from geoembed.enrich.arrow import check_no_clash, embedding_arrays, output_schema, qa_arrays
 from geoembed.enrich.coordinates import batch_coordinates, resolve_coordinates
 from geoembed.enrich.enricher import DEFAULT_EMBED_BATCH, Enricher, load_bundle_cached, torch_threads
-from geoembed.enrich.reduction import Reduction
 from geoembed.enrich.tables import CsvSink, CsvTypeRetry, ParquetSink, open_source, table_format
 from geoembed.errors import InputError
 from geoembed.io.atomic import atomic_path
 from geoembed.io.enriched import remove_sidecar, summary_metadata, table_metadata, write_sidecar
+from geoembed.io.reduction import Reduction
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The Enricher: coordinate arrays -> embeddings (optionally reduced) and QA values, for one bundle.
 
 :class:`Enricher` holds a loaded bundle (see :func:`load_bundle_cached`), its training footprint as a
-support index and an optional :class:`~geoembed.enrich.reduction.Reduction`. For arrays of lon/lat with
+support index and an optional :class:`~geoembed.io.reduction.Reduction`. For arrays of lon/lat with
 hygiene codes (:mod:`geoembed.enrich.hygiene`) it counts invalid rows and footprint hits (the swapped
 columns check), embeds the valid rows on worker threads and measures the distance to the footprint. It
 knows nothing of files: :mod:`geoembed.enrich.driver` streams tables through it, and
@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from geoembed.enrich import hygiene as hy
-from geoembed.enrich.reduction import Reduction
 from geoembed.errors import GeoembedError, InputError
 from geoembed.geo import SupportIndex
 from geoembed.io.enriched import embedding_names
+from geoembed.io.reduction import Reduction
 
 DEFAULT_EMBED_BATCH = 16_384
 ON_INVALID = ("error", "null")

@@ -3,8 +3,8 @@
 The table (a CSV/Parquet/GeoParquet file or a folder of Parquet parts) is read chunk by chunk like
 :func:`geoembed.enrich.enrich_file` does, with the same coordinate hygiene and swapped-columns check;
 only the d x d covariance of the valid rows' embeddings is accumulated
-(:class:`~geoembed.enrich.reduction.CovarianceAccumulator`). The result is saved as JSON
-(:class:`~geoembed.enrich.reduction.Reduction`) for ``enrich_file(..., reduction=...)``.
+(:class:`~geoembed.io.reduction.CovarianceAccumulator`). The result is saved as JSON
+(:class:`~geoembed.io.reduction.Reduction`) for ``enrich_file(..., reduction=...)``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from geoembed.enrich import hygiene as hy
 from geoembed.enrich.coordinates import batch_coordinates, resolve_coordinates
 from geoembed.enrich.driver import DEFAULT_CHUNK_ROWS
 from geoembed.enrich.enricher import Enricher, load_bundle_cached, torch_threads
-from geoembed.enrich.reduction import CovarianceAccumulator, Reduction
 from geoembed.enrich.tables import CsvTypeRetry, list_parts, open_source
 from geoembed.errors import InputError
 from geoembed.io.enriched import bundle_info
+from geoembed.io.reduction import CovarianceAccumulator, Reduction
 
 __all__ = ["fit_reduction_file"]
 

@@ -21,7 +21,6 @@ from pathlib import Path
 
 from geoembed.enrich.driver import DEFAULT_CHUNK_ROWS, EnrichSummary, enrich_file
 from geoembed.enrich.enricher import DEFAULT_EMBED_BATCH, default_workers, load_bundle_cached, torch_threads
-from geoembed.enrich.reduction import Reduction
 from geoembed.enrich.tables import list_parts
 from geoembed.errors import InputError
 from geoembed.io.enriched import (
@@ -31,6 +30,7 @@ from geoembed.io.enriched import (
     write_directory_summary,
 )
 from geoembed.io.fingerprint import text_fingerprint
+from geoembed.io.reduction import Reduction
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from sklearn.utils.validation import check_array, check_is_fitted
 
 from geoembed.enrich import hygiene as hy
 from geoembed.enrich.enricher import DEFAULT_EMBED_BATCH, Enricher, load_bundle_cached
-from geoembed.enrich.reduction import Reduction, reduced_names
 from geoembed.errors import InputError
 from geoembed.io.enriched import embedding_names
+from geoembed.io.reduction import Reduction, reduced_names
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,25 @@ Layout of ``bundle/`` (written atomically as one folder)::
     weights.safetensors   coordinate-encoder weights (no pickle)
     geoembed.json         schema_version, encoder spec, coordinate_order ["lon", "lat"], embedding_dim,
                           training footprint (GeoJSON, EPSG:4326), normalisation constants, data
-                          fingerprint, package version, out_of_support_km
+                          fingerprint, package version, out_of_support_km; optionally a model_card
+                          and a reduction (see below)
     config.yaml           the resolved run config
     metrics.json          training metrics (best epoch, held-out retrieval accuracy, ...)
 
 :func:`load_bundle` rebuilds the coordinate encoder from the spec alone (no view data) and
 :meth:`Bundle.embed` maps float64 lon/lat arrays to ``(N, d)`` float32 embeddings.
+
+**Model card** (``model_card`` in geoembed.json; required for imported encoders, optional otherwise):
+where the encoder comes from and what it is good for: ``source``, ``version``, ``licence``,
+``training_data``, ``output_dim`` (the encoder's own dimension) and ``effective_resolution``, plus any
+further JSON fields.
+
+**Reduction** (optional): a fixed PCA (optionally whitened) to ``k`` components shipped with the bundle
+(:class:`geoembed.io.reduction.Reduction` maths; fitted by :mod:`geoembed.importers.reduce`). Its
+spec is ``reduction`` in geoembed.json, its arrays are the float64 tensors ``reduction.mean``,
+``reduction.components`` and ``reduction.explained_variance`` in weights.safetensors, so the bundle
+fingerprint covers it. :meth:`Bundle.embed` applies it: ``embedding_dim`` is then ``k`` and
+``raw_embedding_dim`` the encoder's own dimension.
 """
 
 from __future__ import annotations
@@ -32,12 +45,14 @@ from geoembed.nn.networks import CoordinateEncoder, build_coordinate_encoder
 from geoembed.version import __version__
 
 __all__ = [
+    "CARD_FIELDS",
     "SCHEMA_VERSION",
     "Bundle",
     "build_coordinate_encoder",
     "load_bundle",
     "save_bundle",
     "save_untrained_bundle",
+    "validate_card",
 ]
 
 SCHEMA_VERSION = 1
@@ -47,6 +62,10 @@ CONFIG = "config.yaml"
 METRICS = "metrics.json"
 _MIN_ROWS = 64
 _CHUNK = 4096  # rows per forward pass: keeps the (chunk, L^2) harmonics block in cache
+REDUCTION_PREFIX = "reduction."
+_REDUCTION_TENSORS = ("mean", "components", "explained_variance")
+#: Fields every model card has (others may follow).
+CARD_FIELDS = ("source", "version", "licence", "training_data", "output_dim", "effective_resolution")
 
 
 def _normalisation(spec: dict) -> dict:
@@ -67,10 +86,48 @@ def _normalisation(spec: dict) -> dict:
     return out
 
 
-def _weights_bytes(encoder: torch.nn.Module) -> bytes:
+def validate_card(card, origin: str = "model card") -> dict:
+    """A model card as plain JSON: a mapping with every :data:`CARD_FIELDS` entry filled in
+    (``output_dim`` a positive integer). Raises InputError naming ``origin`` and the field."""
+    if not isinstance(card, dict):
+        raise InputError(f"{origin} must be a mapping of fields, got {type(card).__name__}")
+    try:
+        card = json.loads(json.dumps(card, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{origin} is not plain JSON data: {err}") from None
+    for key in CARD_FIELDS:
+        value = card.get(key)
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise InputError(f"{origin} lacks the field {key!r} (a card has {', '.join(CARD_FIELDS)})")
+    if isinstance(card["output_dim"], bool) or not isinstance(card["output_dim"], int) or card["output_dim"] < 1:
+        raise InputError(f"{origin}: output_dim must be a positive integer, got {card['output_dim']!r}")
+    return card
+
+
+def _reduction_meta(reduction, raw_dim: int) -> dict:
+    """The JSON part of a reduction stored in a bundle (the arrays go to the weights file)."""
+    if reduction.embedding_dim != raw_dim:
+        raise ValueError(f"the reduction expects {reduction.embedding_dim}-dimensional embeddings, the "
+                         f"encoder gives {raw_dim}")
+    total = float(reduction.info.get("total_variance", 0.0))
+    return {
+        "method": reduction.method,
+        "n_components": reduction.n_components,
+        "raw_embedding_dim": raw_dim,
+        "n_samples": int(reduction.n_samples),
+        "explained_variance_ratio": [float(v) / total for v in reduction.explained_variance] if total > 0 else None,
+        "info": {k: v for k, v in reduction.info.items() if k != "total_variance"} | {"total_variance": total},
+    }
+
+
+def _weights_bytes(encoder: torch.nn.Module, reduction=None) -> bytes:
     from safetensors.torch import save
 
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()}
+    if reduction is not None:
+        for name in _REDUCTION_TENSORS:
+            state[REDUCTION_PREFIX + name] = torch.from_numpy(
+                np.ascontiguousarray(getattr(reduction, name), dtype=np.float64))
     return save(state, metadata={"format": "pt"})
 
 
@@ -84,11 +141,15 @@ def save_bundle(
     config: dict,
     metrics: dict,
     data_fingerprint: str,
+    card: dict | None = None,
+    reduction=None,
 ) -> Path:
     """Write a bundle folder atomically (a killed write leaves no half bundle) and return its path.
 
     ``footprint`` is a shapely geometry in EPSG:4326 (lon, lat) covering the training locations;
-    ``config`` is the resolved run config as a plain dict.
+    ``config`` is the resolved run config as a plain dict. ``card`` is an optional model card
+    (:func:`validate_card`); ``reduction`` an optional :class:`geoembed.io.reduction.Reduction`
+    fitted on this encoder's embeddings, applied by :meth:`Bundle.embed`.
     """
     import shapely.geometry
 
@@ -101,19 +162,28 @@ def save_bundle(
         raise ValueError(f"encoder weights do not match its spec (differing: {diff[:5]})")
     if footprint is None or footprint.is_empty:
         raise ValueError("save_bundle needs a non-empty training footprint")
+    raw_dim = int(spec["embedding_dim"])
     meta = {
         "schema_version": SCHEMA_VERSION,
         "encoder": spec,
         "coordinate_order": ["lon", "lat"],
         "crs": "EPSG:4326",
-        "embedding_dim": int(spec["embedding_dim"]),
+        "embedding_dim": raw_dim if reduction is None else int(reduction.n_components),
         "footprint": shapely.geometry.mapping(footprint),
         "normalisation": _normalisation(spec),
         "data_fingerprint": data_fingerprint,
         "package_version": __version__,
         "out_of_support_km": float(out_of_support_km),
     }
-    weights = _weights_bytes(encoder)
+    if card is not None:
+        meta["model_card"] = validate_card(card)
+        if meta["model_card"]["output_dim"] != raw_dim:
+            raise ValueError(f"model card output_dim {meta['model_card']['output_dim']} is not the encoder's "
+                             f"dimension {raw_dim}")
+    if reduction is not None:
+        meta["raw_embedding_dim"] = raw_dim
+        meta["reduction"] = _reduction_meta(reduction, raw_dim)
+    weights = _weights_bytes(encoder, reduction)
     meta_text = json.dumps(meta, indent=2, default=float) + "\n"
     with atomic_path(path) as tmp:
         tmp.mkdir(parents=True)
@@ -152,10 +222,22 @@ class Bundle:
     config: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     coordinate_order: tuple[str, str] = ("lon", "lat")
+    reduction: Any = None  # geoembed.io.reduction.Reduction shipped with the bundle, if any
 
     @property
     def embedding_dim(self) -> int:
+        """Dimension of :meth:`embed`'s output (``k`` when the bundle ships a reduction)."""
         return int(self.meta["embedding_dim"])
+
+    @property
+    def raw_embedding_dim(self) -> int:
+        """The coordinate encoder's own output dimension (before any reduction)."""
+        return int(self.meta.get("raw_embedding_dim", self.meta["embedding_dim"]))
+
+    @property
+    def card(self) -> dict | None:
+        """The model card (imported encoders always have one), or None."""
+        return self.meta.get("model_card")
 
     @property
     def out_of_support_km(self) -> float:
@@ -168,20 +250,25 @@ class Bundle:
 
         return shapely.geometry.shape(self.meta["footprint"])
 
-    def embed(self, lon: np.ndarray, lat: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+    def embed(self, lon: np.ndarray, lat: np.ndarray, batch_size: int = 65536, *, raw: bool = False) -> np.ndarray:
         """``(N, embedding_dim)`` float32 embeddings of named lon/lat arrays (degrees, EPSG:4326).
 
         Rows with non-finite coordinates get NaN embeddings. Work is done in float32 (or the spec's
-        float64) under ``torch.inference_mode`` in cache-sized chunks.
+        float64) under ``torch.inference_mode`` in cache-sized chunks. The bundle's reduction, if any,
+        is applied (in float64) unless ``raw`` is set, which returns the encoder's own
+        ``raw_embedding_dim`` features.
         """
-        lon = np.ascontiguousarray(lon, dtype=np.float64).reshape(-1)
-        lat = np.ascontiguousarray(lat, dtype=np.float64).reshape(-1)
+        # Writable: torch must not wrap read-only buffers (pandas' copy-on-write arrays, Arrow columns).
+        lon = np.require(np.asarray(lon, dtype=np.float64).reshape(-1), requirements=["C", "W"])
+        lat = np.require(np.asarray(lat, dtype=np.float64).reshape(-1), requirements=["C", "W"])
         if lon.shape != lat.shape:
             raise InputError(f"lon and lat have different lengths ({lon.size} vs {lat.size})")
         bad = ~(np.isfinite(lon) & np.isfinite(lat))
         if bad.any():
             lon, lat = np.where(bad, 0.0, lon), np.where(bad, 0.0, lat)
-        out = np.empty((lon.size, self.embedding_dim), dtype=np.float32)
+        reduction = None if raw else self.reduction
+        dim = self.raw_embedding_dim if reduction is None else self.embedding_dim
+        out = np.empty((lon.size, dim), dtype=np.float32)
         chunk = max(1, min(int(batch_size), _CHUNK))
         with torch.inference_mode():
             for i in range(0, lon.size, chunk):
@@ -193,7 +280,10 @@ class Bundle:
                 if pad:
                     lo, la = np.concatenate([lo, np.repeat(lo[-1:], pad)]), np.concatenate([la, np.repeat(la[-1:], pad)])
                 emb = self.encoder(lon=torch.from_numpy(lo), lat=torch.from_numpy(la))
-                out[i:j] = emb.float().numpy()[: j - i]
+                if reduction is None:
+                    out[i:j] = emb.float().numpy()[: j - i]
+                else:  # on the padded block too: a row's value must not depend on the call's length
+                    out[i:j] = reduction.transform(emb.numpy())[: j - i]
         if bad.any():
             out[bad] = np.nan
         return out
@@ -234,6 +324,9 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         state = load(weight_bytes)
     except (SafetensorError, Exception) as err:  # noqa: BLE001 - any parse failure is a bad file
         raise InputError(f"{path / WEIGHTS} is not a valid safetensors file: {err}") from None
+    reduction = _load_reduction(path, meta, state)
+    if meta.get("model_card") is not None:
+        validate_card(meta["model_card"], origin=f"{path / META}: model_card")
     try:
         encoder = build_coordinate_encoder(meta["encoder"])
         encoder.load_state_dict(state, strict=True)
@@ -252,4 +345,36 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     except ValueError as err:
         raise InputError(f"bundle {path}: {METRICS} is not valid JSON: {err}") from None
     return Bundle(path=path, meta=meta, encoder=encoder, fingerprint=fingerprint, config=config or {},
-                  metrics=metrics)
+                  metrics=metrics, reduction=reduction)
+
+
+def _load_reduction(path: Path, meta: dict, state: dict):
+    """Pop the reduction tensors from ``state`` and rebuild the bundle's reduction (or None)."""
+    from geoembed.io.reduction import METHODS, Reduction
+
+    arrays = {k[len(REDUCTION_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(REDUCTION_PREFIX)}
+    spec = meta.get("reduction")
+    if spec is None and not arrays:
+        return None
+    if spec is None or set(arrays) != set(_REDUCTION_TENSORS):
+        raise InputError(f"bundle {path}: the reduction is incomplete (geoembed.json "
+                         f"{'has no' if spec is None else 'has a'} reduction entry, {WEIGHTS} holds "
+                         f"{sorted(REDUCTION_PREFIX + k for k in arrays) or 'no reduction tensors'})")
+    try:
+        red = Reduction(mean=arrays["mean"].double().numpy(), components=arrays["components"].double().numpy(),
+                        explained_variance=arrays["explained_variance"].double().numpy(),
+                        method=spec["method"], n_samples=int(spec.get("n_samples", 0)),
+                        info=dict(spec.get("info") or {}))
+        raw_dim, k = int(meta["raw_embedding_dim"]), int(meta["embedding_dim"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{path / META}: malformed reduction entry ({err})") from None
+    ok = (red.method in METHODS and red.components.ndim == 2 and red.components.shape == (k, raw_dim)
+          and red.mean.shape == (raw_dim,) and red.explained_variance.shape == (k,)
+          and raw_dim == int(meta["encoder"].get("embedding_dim", -1)) and int(spec.get("n_components", -1)) == k
+          and all(np.isfinite(a).all() for a in (red.mean, red.components, red.explained_variance))
+          and (red.method != "whiten" or bool((red.explained_variance > 0).all())))
+    if not ok:
+        raise InputError(f"bundle {path}: the reduction does not fit the encoder (method {red.method!r}, "
+                         f"components {tuple(red.components.shape)}, mean {tuple(red.mean.shape)}, "
+                         f"embedding_dim {k}, raw_embedding_dim {raw_dim})")
+    return red

@@ -31,11 +31,14 @@ from torch import nn
 from geoembed.errors import ConfigError, InputError
 
 EARTH_RADIUS_M = 6_371_008.8
+#: Sign conventions of real spherical harmonics that :class:`SphericalHarmonics` reproduces.
+SH_CONVENTIONS = ("geoembed", "satclip-closed-form", "satclip-analytic")
 
 __all__ = [
     "EARTH_RADIUS_M",
     "ConcatEncoding",
     "LocalMultiScaleEncoding",
+    "SH_CONVENTIONS",
     "SphericalHarmonics",
     "build_encoding",
     "legendre_fourier_coefficients",
@@ -115,11 +118,27 @@ class SphericalHarmonics(nn.Module):
     harmonics: no loop over degrees, exact at the poles and continuous across the antimeridian.
 
     Effective resolution: ~20,000 km / L (e.g. ~500 km at L = 40).
+
+    ``convention`` reproduces other codes' real harmonics (same order and normalisation, other signs):
+
+    * ``"satclip-closed-form"`` (SatCLIP's ``closed-form``: polar angle ``lat + 90``, azimuth
+      ``lon + 180``, Condon-Shortley phase): column ``(l, m)`` times ``(-1)**(l + |m|)``;
+    * ``"satclip-analytic"`` (SatCLIP's sympy-generated ``analytic`` functions, same angles, the phase
+      cancelled by their ``(-1)**m``): column ``(l, m)`` times ``(-1)**l``.
+
+    ``m0_scale`` multiplies the ``m = 0`` columns (SatCLIP's generated ``analytic`` functions carry a
+    factor pi there: ``sqrt((2l+1)/4 * pi)`` where ``sqrt((2l+1)/(4 pi))`` is meant).
     """
 
-    def __init__(self, degrees: int):
+    def __init__(self, degrees: int, convention: str = "geoembed", m0_scale: float = 1.0):
         super().__init__()
         self.degrees = int(degrees)
+        if convention not in SH_CONVENTIONS:
+            raise ConfigError(f"spherical_harmonics convention must be one of {SH_CONVENTIONS}, got {convention!r}")
+        if not (math.isfinite(float(m0_scale)) and float(m0_scale) != 0.0):
+            raise ConfigError(f"spherical_harmonics m0_scale must be a finite non-zero number, got {m0_scale!r}")
+        self.convention = convention
+        self.m0_scale = float(m0_scale)
         coef, ls, ms = legendre_fourier_coefficients(self.degrees)
         L = self.degrees
         self.register_buffer("coef", torch.from_numpy(coef), persistent=False)
@@ -141,13 +160,27 @@ class SphericalHarmonics(nn.Module):
         self._direct = L <= 128
         if self._direct:
             self.register_buffer("coef_out", self.coef[:, self.pair_idx].contiguous(), persistent=False)
+        # Other codes' conventions: a fixed factor per output column (signs are exact in any dtype).
+        self._scaled = convention != "geoembed" or self.m0_scale != 1.0
+        if self._scaled:
+            ell = np.repeat(np.arange(L), 2 * np.arange(L) + 1)
+            m = np.concatenate([np.arange(-k, k + 1) for k in range(L)])
+            power = ell + np.abs(m) if convention == "satclip-closed-form" else ell
+            scale = np.where(power % 2 == 0, 1.0, -1.0) if convention != "geoembed" else np.ones(L * L)
+            scale[m == 0] *= self.m0_scale
+            self.register_buffer("col_scale", torch.from_numpy(scale), persistent=False)
 
     @property
     def out_dim(self) -> int:
         return self.degrees**2
 
     def spec(self) -> dict:
-        return {"type": "spherical_harmonics", "degrees": self.degrees}
+        out: dict = {"type": "spherical_harmonics", "degrees": self.degrees}
+        if self.convention != "geoembed":
+            out["convention"] = self.convention
+        if self.m0_scale != 1.0:
+            out["m0_scale"] = self.m0_scale
+        return out
 
     def forward(self, *, lon: torch.Tensor, lat: torch.Tensor) -> torch.Tensor:
         dtype = self.coef.dtype
@@ -158,9 +191,13 @@ class SphericalHarmonics(nn.Module):
         basis = torch.cat([torch.cos(kt), torch.sin(kt)], dim=1)  # (N, 2L)
         trig = (torch.cat([torch.cos(kp), torch.sin(kp)], dim=1) * self.trig_factor).index_select(1, self.trig_idx)
         if not self._direct:
-            return (basis @ self.coef).index_select(1, self.pair_idx) * trig
-        out = basis @ self.coef_out  # (N, L^2) Legendre factors in output order
-        return out * trig if torch.is_grad_enabled() else out.mul_(trig)
+            out = (basis @ self.coef).index_select(1, self.pair_idx) * trig
+        else:
+            out = basis @ self.coef_out  # (N, L^2) Legendre factors in output order
+            out = out * trig if torch.is_grad_enabled() else out.mul_(trig)
+        if self._scaled:
+            out = out * self.col_scale if torch.is_grad_enabled() else out.mul_(self.col_scale)
+        return out
 
 
 class LocalMultiScaleEncoding(nn.Module):
@@ -284,7 +321,8 @@ class ConcatEncoding(nn.Module):
 
 
 def build_encoding(spec: Mapping) -> nn.Module:
-    """One encoding from its spec dict (``{"type": "spherical_harmonics" | "local_multiscale", ...}``)."""
+    """One encoding from its spec dict (``{"type": "spherical_harmonics" | "local_multiscale" |
+    "equal_earth", ...}``; ``equal_earth`` is GeoCLIP's projection, :mod:`geoembed.nn.geoclip`)."""
     spec = dict(spec)
     kind = spec.pop("type", None)
     try:
@@ -292,6 +330,10 @@ def build_encoding(spec: Mapping) -> nn.Module:
             return SphericalHarmonics(**spec)
         if kind == "local_multiscale":
             return LocalMultiScaleEncoding(**spec)
+        if kind == "equal_earth":
+            from geoembed.nn.geoclip import EqualEarth
+
+            return EqualEarth(**spec)
     except TypeError as err:
         raise ConfigError(f"bad {kind} encoding spec {spec}: {err}") from None
-    raise ConfigError(f"unknown encoding type {kind!r} (use spherical_harmonics or local_multiscale)")
+    raise ConfigError(f"unknown encoding type {kind!r} (use spherical_harmonics, local_multiscale or equal_earth)")

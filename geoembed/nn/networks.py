@@ -114,7 +114,11 @@ class MLP(nn.Module):
 
 
 def build_network(spec: Mapping, in_dim: int, out_dim: int) -> nn.Module:
-    """A SIREN or MLP from its spec (``{"type": "siren" | "mlp", "hidden": [...], ...}``)."""
+    """A network from its spec (``{"type": "siren" | "mlp" | "rff_branches", "hidden": [...], ...}``).
+
+    ``rff_branches`` is GeoCLIP's multi-scale random-Fourier-feature network (:mod:`geoembed.nn.geoclip`),
+    used by imported GeoCLIP bundles.
+    """
     spec = dict(spec)
     kind = spec.pop("type", "siren")
     hidden = list(spec.pop("hidden", [128, 128]))
@@ -123,9 +127,13 @@ def build_network(spec: Mapping, in_dim: int, out_dim: int) -> nn.Module:
             return Siren(in_dim, hidden, out_dim, **spec)
         if kind == "mlp":
             return MLP(in_dim, hidden, out_dim, **spec)
+        if kind == "rff_branches":
+            from geoembed.nn.geoclip import RFFBranches
+
+            return RFFBranches(in_dim, out_dim, hidden=hidden, **spec)
     except TypeError as err:
         raise ConfigError(f"bad {kind} network spec {spec}: {err}") from None
-    raise ConfigError(f"unknown network type {kind!r} (use siren or mlp)")
+    raise ConfigError(f"unknown network type {kind!r} (use siren, mlp or rff_branches)")
 
 
 class CoordinateEncoder(nn.Module):
