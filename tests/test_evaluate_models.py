@@ -157,7 +157,7 @@ def test_glum_gam_matches_statsmodels_glmgam(family, link):
     from geoembed.evaluate.models import Smooth, SmootherSet, fit_glum, sm_family
 
     t = make_risk_table(n=300, family=family, rate=1.0, seed=6)
-    smooths = [Smooth(["emb_0"], 6, 3).fit(t), Smooth(["lon", "lat"], 5, 3).fit(t)]
+    smooths = [Smooth(["emb_0"], 6, 3, "bspline").fit(t), Smooth(["lon", "lat"], 5, 3, "pspline").fit(t)]
     alphas = [0.7, 2.0]
     off = np.log(t["exposure"].to_numpy()) if family != "binomial" else None
     y = t["y"].to_numpy()
