@@ -80,17 +80,20 @@ class SplitConfig(Section):
 
 
 class GLMConfig(Section):
-    """statsmodels GLM. ``ridge`` > 0 adds an L2 penalty (on standardised columns, not the intercept)."""
+    """GLM solved by glum (``GLMRegressor``). ``ridge`` > 0 adds an L2 penalty ``ridge / 2 ||b||^2`` next to
+    ``deviance / (2 n)`` (on standardised columns, not the intercept)."""
 
     ridge: float = Field(0.0, ge=0)
     maxiter: int = Field(100, ge=1)
 
 
 class GAMConfig(Section):
-    """statsmodels GLMGam with B-splines.
+    """Penalised B-spline smooths solved by glum (``GAMRegressor``).
 
     One penalised cubic B-spline smooth (``df`` basis functions) per embedding component; a tensor-product
-    smooth of lon/lat (``tensor_df`` x ``tensor_df`` basis) for coordinates. Each smooth's penalty is scaled
+    smooth of lon/lat (``tensor_df`` x ``tensor_df`` basis) for coordinates. ``smooth_basis`` /
+    ``tensor_basis``: ``bspline`` (quantile knots, curvature penalty) or ``pspline`` (equally spaced knots,
+    second-difference penalty; Eilers & Marx) for the two kinds of smooth. Each smooth's penalty is scaled
     so that ``alpha`` = 1 balances it against its share of the Fisher information; ``alpha`` (one multiplier
     for all smooths) is chosen from ``alpha_grid`` on the training fold by UBRE (Poisson, binomial) or GCV
     (other families), unless ``alpha`` is given. ``shrinkage`` adds a small ridge to each smooth's penalty
@@ -100,6 +103,8 @@ class GAMConfig(Section):
     df: int = Field(6, ge=4)
     degree: int = Field(3, ge=1, le=5)
     tensor_df: int = Field(6, ge=4)
+    smooth_basis: Literal["bspline", "pspline"] = "bspline"
+    tensor_basis: Literal["bspline", "pspline"] = "pspline"
     alpha: float | None = Field(None, gt=0)
     alpha_grid: list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0])
     shrinkage: float = Field(0.1, ge=0)
@@ -132,7 +137,9 @@ class EvaluateConfig(Section):
     """What ``geoembed evaluate`` compares: models x spatial feature sets under one split scheme.
 
     ``table`` is required by the command; library calls that pass a DataFrame may leave it unset.
-    ``output`` is the report folder (default ``<workdir>/evaluation``).
+    ``output`` is the report folder (default ``<workdir>/evaluation``). ``unknown_categories``: a level of a
+    ``categorical`` column that a test fold has but its training rows lack is priced as the column's most
+    frequent training level, with a warning naming it (``most_frequent``), or stops the run (``error``).
     """
 
     table: str | None = None
@@ -147,6 +154,7 @@ class EvaluateConfig(Section):
     tweedie_power: float = Field(1.5, gt=1, lt=2)
     features: list[FeatureSet] = Field(default_factory=lambda: ["none", "coords", "embeddings"])
     models: list[ModelName] = Field(default_factory=lambda: ["glm", "gam", "gbm"])
+    unknown_categories: Literal["error", "most_frequent"] = "most_frequent"
     embedding_prefix: str = "emb_"
     bundle: str | None = None
     output: str | None = None

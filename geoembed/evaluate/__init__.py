@@ -1,4 +1,4 @@
-"""Risk models on coordinates vs embeddings: GLM / GAM / GBM adapters, spatial splits, metrics, report.
+"""Risk models on coordinates vs embeddings: GLM / GAM / GBM estimators, spatial splitters, metrics, report.
 
 Library use::
 
@@ -10,16 +10,19 @@ Library use::
     result = run_evaluation(table, cfg)            # records, out-of-fold predictions, folds
     write_report(result, "report/", cfg=cfg)       # evaluation.json, report.md, figures
 
-Fold assignment (``assign_folds``, ``grid_blocks``, ``h3_blocks``, ``kmeans_blocks``, ``blocks_to_folds``)
-and the model adapters (``make_model``, ``GLMModel``, ``GAMModel``, ``GBMModel``) are usable on their own.
+The estimators (``GLMRegressor``, ``GAMRegressor``, ``GBMRegressor``) and splitters (``SpatialBlockKFold``,
+``LeaveRegionOut``) are scikit-learn citizens, usable on their own with ``clone``, ``GridSearchCV``,
+``cross_val_predict`` and ``Pipeline``; ``make_estimator`` and ``make_splitter`` give the ones a config
+describes. Fold functions (``assign_folds``, ``grid_blocks``, ``h3_blocks``, ``kmeans_blocks``,
+``blocks_to_folds``) work on arrays.
 """
 
 from geoembed.evaluate.core import (
     EvaluationResult,
-    design_for,
     embed,
     embedding_columns,
     evaluate,
+    make_estimator,
     read_table,
     run_evaluation,
     summary_table,
@@ -28,40 +31,44 @@ from geoembed.evaluate.metrics import (
     actual_expected_by_decile,
     decile_index,
     deviance,
+    deviance_scorer,
     gini,
     lorenz_curve,
     mae,
+    mean_deviance,
     rmse,
     unit_deviance,
 )
 from geoembed.evaluate.models import (
-    Design,
-    GAMModel,
-    GBMModel,
-    GLMModel,
+    GAMRegressor,
+    GBMRegressor,
+    GLMRegressor,
     ModelFitError,
-    make_model,
     null_predict,
 )
 from geoembed.evaluate.report import markdown_table, write_report
 from geoembed.evaluate.splits import (
+    LeaveRegionOut,
+    SpatialBlockKFold,
     assign_folds,
     bbox_folds,
     blocks_to_folds,
+    fold_ids,
     grid_blocks,
     h3_blocks,
     inner_folds,
     kmeans_blocks,
+    make_splitter,
     polygon_folds,
     random_folds,
     region_folds,
 )
 
 __all__ = [
-    "Design", "EvaluationResult", "GAMModel", "GBMModel", "GLMModel", "ModelFitError",
-    "actual_expected_by_decile", "assign_folds", "bbox_folds", "blocks_to_folds", "decile_index",
-    "design_for", "deviance", "embed", "embedding_columns", "evaluate", "gini", "grid_blocks", "h3_blocks",
-    "inner_folds", "kmeans_blocks", "lorenz_curve", "mae", "make_model", "markdown_table", "null_predict", "polygon_folds",
-    "random_folds", "read_table", "region_folds", "rmse", "run_evaluation", "summary_table", "unit_deviance",
-    "write_report",
+    "EvaluationResult", "GAMRegressor", "GBMRegressor", "GLMRegressor", "LeaveRegionOut", "ModelFitError",
+    "SpatialBlockKFold", "actual_expected_by_decile", "assign_folds", "bbox_folds", "blocks_to_folds",
+    "decile_index", "deviance", "deviance_scorer", "embed", "embedding_columns", "evaluate", "fold_ids", "gini",
+    "grid_blocks", "h3_blocks", "inner_folds", "kmeans_blocks", "lorenz_curve", "mae", "make_estimator",
+    "make_splitter", "markdown_table", "mean_deviance", "null_predict", "polygon_folds", "random_folds",
+    "read_table", "region_folds", "rmse", "run_evaluation", "summary_table", "unit_deviance", "write_report",
 ]

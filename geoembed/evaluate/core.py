@@ -13,7 +13,7 @@ import pandas as pd
 from geoembed.config.evaluate import EvaluateConfig
 from geoembed.errors import ConfigError, GeoembedError, InputError
 from geoembed.evaluate import metrics as M
-from geoembed.evaluate.models import Design, ModelFitError, make_model, null_predict
+from geoembed.evaluate.models import GAMRegressor, GBMRegressor, GLMRegressor, ModelFitError, null_predict
 from geoembed.evaluate.splits import assign_folds, inner_folds
 
 log = logging.getLogger(__name__)
@@ -220,12 +220,47 @@ def validate_table(table: pd.DataFrame, cfg: EvaluateConfig, needs_coords: bool)
                              f"columns {cfg.lon_col!r}/{cfg.lat_col!r}) in rows {_rows(table, bad)}")
 
 
-def design_for(features: str, cfg: EvaluateConfig, emb_cols: list[str]) -> Design:
-    """The column roles of one feature set (base covariates always included)."""
-    coords = (cfg.lon_col, cfg.lat_col) if features in ("coords", "both") else None
+def make_estimator(model: str, features: str, cfg: EvaluateConfig, emb_cols: list[str]):
+    """The scikit-learn estimator that ``geoembed evaluate`` fits for ``model`` on one feature set.
+
+    Base covariates (linear) and categoricals always enter; ``coords`` adds lon/lat (linear in the GLM, a
+    tensor smooth in the GAM, split features in the GBM), ``embeddings`` the embedding columns (linear,
+    one smooth each, split features); ``both`` adds both. Exposure is the config's exposure column.
+    """
+    coords = [cfg.lon_col, cfg.lat_col] if features in ("coords", "both") else []
     embs = list(emb_cols) if features in ("embeddings", "both") else []
-    return Design(numeric=list(cfg.covariates), categorical=list(cfg.categorical), coords=coords,
-                  embeddings=embs)
+    common = {"family": cfg.family, "power": cfg.tweedie_power, "exposure": cfg.exposure,
+              "categorical": list(cfg.categorical), "handle_unknown": cfg.unknown_categories}
+    cov = list(cfg.covariates)
+    if model == "glm":
+        return GLMRegressor(link=cfg.resolved_link, numeric=[*cov, *coords, *embs], alpha=cfg.glm.ridge,
+                            max_iter=cfg.glm.maxiter, **common)
+    if model == "gam":
+        g = cfg.gam
+        return GAMRegressor(link=cfg.resolved_link, numeric=cov, smooth=embs, tensor=tuple(coords) or None,
+                            df=g.df, tensor_df=g.tensor_df, degree=g.degree, smooth_basis=g.smooth_basis,
+                            tensor_basis=g.tensor_basis, alpha=g.alpha,
+                            alpha_grid=tuple(g.alpha_grid), shrinkage=g.shrinkage, max_iter=g.maxiter, **common)
+    if model == "gbm":
+        b = cfg.gbm
+        return GBMRegressor(numeric=[*cov, *coords, *embs], num_boost_round=b.num_boost_round,
+                            learning_rate=b.learning_rate, num_leaves=b.num_leaves,
+                            min_data_in_leaf=b.min_data_in_leaf, feature_fraction=b.feature_fraction,
+                            lambda_l2=b.lambda_l2, early_stopping=b.early_stopping,
+                            early_stopping_rounds=b.early_stopping_rounds, inner_cv=b.inner_folds,
+                            num_threads=b.num_threads, params=dict(b.params), random_state=cfg.seed, **common)
+    raise ConfigError(f"unknown model {model!r}; use one of glm, gam, gbm")
+
+
+def with_inner_folds(estimator, inner: np.ndarray):
+    """A clone of ``estimator`` whose early stopping (GBM) uses the given inner fold ids of its training rows."""
+    from sklearn.base import clone
+    from sklearn.model_selection import PredefinedSplit
+
+    est = clone(estimator)
+    if "inner_cv" in est.get_params():
+        est.set_params(inner_cv=PredefinedSplit(inner))
+    return est
 
 
 def split_label(cfg: EvaluateConfig) -> str:
@@ -292,8 +327,8 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
     fold, blocks = assign_folds(table, cfg.split, cfg.lon_col, cfg.lat_col)
     fold_ids = np.unique(fold[fold >= 0])
     label = split_label(cfg)
-    model_cfgs = {"glm": cfg.glm, "gam": cfg.gam, "gbm": cfg.gbm}
     combos = [(m, f) for f in feats for m in cfg.models]
+    estimators = {(m, f): make_estimator(m, f, cfg, emb_cols) for m, f in combos}
 
     tested = np.flatnonzero(fold >= 0)
     preds = pd.DataFrame({"row": tested, "fold": fold[tested], "y": y[tested]})
@@ -304,7 +339,7 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
     bar = _progress(len(fold_ids) * len(combos), progress)
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1):  # BLAS and OpenMP (glum, tabmat): small solves, shared cores
         for f_id in fold_ids:
             tr = np.flatnonzero(fold != f_id)
             te = np.flatnonzero(fold == f_id)
@@ -321,11 +356,10 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
             Xtr, Xte = table.iloc[tr], table.iloc[te]
             for m, f in combos:
                 ts = time.perf_counter()
-                model = make_model(m, design_for(f, cfg, emb_cols), cfg.family, link, cfg.tweedie_power,
-                                   cfg=model_cfgs[m], seed=cfg.seed)
+                model = with_inner_folds(estimators[(m, f)], inner)
                 try:
-                    model.fit(Xtr, y[tr], o_tr, inner)
-                    mu = model.predict(Xte, o_te)
+                    model.fit(Xtr, y[tr])
+                    mu = model.predict(Xte)
                 except ModelFitError as err:
                     raise ModelFitError(f"{m} on features {f!r}, fold {int(f_id)}: {err}") from None
                 except Exception as err:  # numerical failures become one clear message; bugs propagate
@@ -342,8 +376,8 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
                 rec = {"model": m, "features": f, "split": label, "fold": int(f_id),
                        **M.score(y[te], mu, mu0, cfg.family, cfg.tweedie_power, e_te),
                        "n_train": int(len(tr)), "n_test": int(len(te)),
-                       "family": cfg.family, "link": link if m != "gbm" else model.gbm_link,
-                       "fit_seconds": round(time.perf_counter() - ts, 3), "info": dict(model.info)}
+                       "family": cfg.family, "link": model.link_,
+                       "fit_seconds": round(time.perf_counter() - ts, 3), "info": dict(model.info_)}
                 records.append(rec)
                 bar.update(1)
     bar.close()

@@ -1,8 +1,11 @@
-"""Metrics for risk models: family deviances, RMSE/MAE, Lorenz-curve Gini, actual/expected by decile.
+"""Metrics for risk models: family deviances, D², RMSE/MAE, Lorenz-curve Gini, actual/expected by decile.
 
 All functions take the observed target ``y`` and the predicted mean ``mu`` on the target's own scale
 (for a count with exposure, ``mu`` is the expected count ``exposure * rate``), so deviances are
 exposure-aware without extra arguments. Optional ``weight`` multiplies each row's unit deviance.
+Summed deviances come from ``sklearn.metrics`` (``mean_poisson_deviance``, ``mean_gamma_deviance``,
+``mean_tweedie_deviance``, ``mean_squared_error``, ``log_loss``); :func:`unit_deviance` gives the per-row
+terms (which scikit-learn does not expose) for the same formulas.
 """
 
 from __future__ import annotations
@@ -53,12 +56,44 @@ def unit_deviance(y, mu, family: str, power: float = 1.5) -> np.ndarray:
     raise InputError(f"unknown family {family!r}; use one of {list(FAMILIES)}")
 
 
+def mean_deviance(y, mu, family: str, power: float = 1.5, weight=None) -> float:
+    """Weighted mean unit deviance through ``sklearn.metrics`` (means clipped to (0, inf) or (0, 1))."""
+    from sklearn import metrics
+
+    y = np.asarray(y, dtype=float)
+    mu = np.asarray(mu, dtype=float)
+    if family == "gaussian":
+        return float(metrics.mean_squared_error(y, mu, sample_weight=weight))
+    if family == "binomial":
+        mu = np.clip(mu, _EPS, 1 - _EPS)
+        return 2.0 * float(metrics.log_loss(y, mu, sample_weight=weight, labels=[0.0, 1.0]))
+    if family not in FAMILIES:
+        raise InputError(f"unknown family {family!r}; use one of {list(FAMILIES)}")
+    mu = np.maximum(mu, _EPS)
+    if family == "poisson":
+        return float(metrics.mean_poisson_deviance(y, mu, sample_weight=weight))
+    if family == "gamma":
+        return float(metrics.mean_gamma_deviance(y, mu, sample_weight=weight))
+    return float(metrics.mean_tweedie_deviance(y, mu, sample_weight=weight, power=float(power)))
+
+
 def deviance(y, mu, family: str, power: float = 1.5, weight=None) -> float:
-    """Summed (optionally weighted) unit deviance."""
-    d = unit_deviance(y, mu, family, power)
-    if weight is not None:
-        d = d * np.asarray(weight, dtype=float)
-    return float(np.sum(d))
+    """Summed (optionally weighted) unit deviance: :func:`mean_deviance` times the total weight."""
+    total = float(np.sum(weight)) if weight is not None else float(np.size(y))
+    if total == 0:
+        return 0.0
+    return mean_deviance(y, mu, family, power, weight) * total
+
+
+def deviance_scorer(family: str = "poisson", power: float = 1.5):
+    """A scikit-learn scorer: minus the mean deviance of ``family`` (greater is better), e.g. for
+    ``GridSearchCV(scoring=deviance_scorer("tweedie", 1.5))``; predictions are means on y's scale."""
+    from sklearn.metrics import make_scorer
+
+    def neg_mean_deviance(y_true, y_pred, sample_weight=None):
+        return mean_deviance(y_true, y_pred, family, power, sample_weight)
+
+    return make_scorer(neg_mean_deviance, greater_is_better=False)
 
 
 def rmse(y, mu) -> float:

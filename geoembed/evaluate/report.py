@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 
 from geoembed.config.evaluate import EvaluateConfig
-from geoembed.evaluate.core import EvaluationResult, design_for, embed, summary_table
+from geoembed.evaluate.core import EvaluationResult, embed, make_estimator, summary_table, with_inner_folds
 from geoembed.evaluate.metrics import actual_expected_by_decile
-from geoembed.evaluate.models import link_fn, make_model
+from geoembed.evaluate.models import link_fn
 from geoembed.evaluate.splits import inner_folds
 from geoembed.io.atomic import atomic_path
 
@@ -245,20 +245,18 @@ def figure_spatial_effect(result: EvaluationResult, cfg: EvaluateConfig, path: P
         emb = embed(grid, embedder, cfg.embedding_prefix)[result.embedding_columns]
         valid = np.isfinite(emb.to_numpy(float)).all(axis=1)  # grid cells the bundle cannot embed stay blank
         G = pd.concat([G, emb], axis=1)
+    if cfg.exposure:
+        G[cfg.exposure] = 1.0  # the effect per unit exposure
     y = t[cfg.target].to_numpy(float)
-    off = np.log(t[cfg.exposure].to_numpy(float)) if cfg.exposure else None
     idx = np.arange(len(t))
     inner = inner_folds(idx, result.blocks, cfg.gbm.inner_folds, cfg.seed)
-    model_cfgs = {"glm": cfg.glm, "gam": cfg.gam, "gbm": cfg.gbm}
     fields = {}
     for f in feature_sets:
         for m in cfg.models:
-            model = make_model(m, design_for(f, cfg, result.embedding_columns), cfg.family, cfg.resolved_link,
-                               cfg.tweedie_power, cfg=model_cfgs[m], seed=cfg.seed)
-            model.fit(t, y, off, inner)
-            mu = model.predict(G, np.zeros(len(G)) if off is not None else None)
-            link = getattr(model, "gbm_link", cfg.resolved_link)
-            eta = link_fn(link, mu)
+            model = with_inner_folds(make_estimator(m, f, cfg, result.embedding_columns), inner)
+            model.fit(t, y)
+            mu = model.predict(G)
+            eta = link_fn(model.link_, mu)
             eta = np.where(np.isfinite(eta) & (valid if f == "embeddings" else True), eta, np.nan)
             fields[(m, f)] = (eta - np.nanmean(eta)).reshape(cfg.grid_size, cfg.grid_size)
     vals = np.concatenate([v.ravel() for v in fields.values()])

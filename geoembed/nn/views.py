@@ -330,6 +330,9 @@ register_encoder("embedding", _embedding)
 
 
 # ----------------------------------------------------------------------------- frozen ResNet-18
+# Written out here rather than taken from torchvision: torchvision's only release for torch 2.13.0 is built
+# against CUDA and does not import with the CPU torch pinned in pyproject.toml (issue 10). The module names
+# are torchvision's, so its ResNet-18 state dicts load as they are.
 
 
 class _BasicBlock(nn.Module):
