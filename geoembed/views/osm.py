@@ -65,7 +65,7 @@ from geoembed.views.osm_geom import (
     representative_points,
     tune_malloc,
 )
-from geoembed.views.osm_read import read_osm_features
+from geoembed.views.osm_read import osm_reader, read_osm_features
 
 log = logging.getLogger(__name__)
 
@@ -413,6 +413,7 @@ def build_osm_view(
     if not src.is_file():
         raise InputError(f"OSM source {src} (view {cfg.name!r}) does not exist")
     source_fp = source_fingerprint(src)
+    reader = osm_reader(src)  # the libosmium and GDAL readers differ slightly: part of the fingerprint
     lon = locations["lon"].to_numpy(dtype=np.float64)
     lat = locations["lat"].to_numpy(dtype=np.float64)
     crs = utm_crs(lon, lat)
@@ -437,7 +438,8 @@ def build_osm_view(
     }
     fingerprint = text_fingerprint({"config": cfg.model_dump(mode="json"), "catalogue": catalogue.to_dict(),
                                     "source": source_fp, "locations": _locations_hash(locations),
-                                    "chunk_rows": dask_cfg.chunk_size, "version": VIEW_VERSION})
+                                    "chunk_rows": dask_cfg.chunk_size, "version": VIEW_VERSION,
+                                    **({} if reader == "parquet" else {"reader": reader})})
     arrays = {
         "hex": ArraySpec((len(catalogue.hex_categories), 7, 7), "float32"),
         "radius": ArraySpec((len(radius_names),), "float32"),
@@ -450,7 +452,7 @@ def build_osm_view(
     )
     pending = store.pending_chunks()
     if pending:
-        feats = read_osm_features(src, catalogue.keys)
+        feats = read_osm_features(src, catalogue.keys, catalogue=catalogue)
         prep = prepare_osm(feats, catalogue, crs, h3_resolution=cfg.h3_resolution, radii_m=cfg.radii_m,
                            max_distance_m=cfg.max_distance_m, token=fingerprint)
         from pyproj import Transformer

@@ -179,12 +179,14 @@ def _read_parquet(path: Path, keys: list[str]) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(out, geometry=gdf.geometry.values, crs=gdf.crs)
 
 
-def read_osm_features(path: str | os.PathLike, keys: list[str], *, reader: str | None = None) -> gpd.GeoDataFrame:
+def read_osm_features(path: str | os.PathLike, keys: list[str], *, catalogue=None,
+                      reader: str | None = None) -> gpd.GeoDataFrame:
     """Read the features of an OSM source with the tag columns ``keys`` and a ``gtype`` column.
 
     ``reader`` (default: ``GEOEMBED_OSM_READER``, else ``"osmium"``) picks the .pbf / XML reader, see
-    :func:`osm_reader`. Returns EPSG:4326 geometries; raises InputError naming ``path`` when it is
-    missing, unreadable, corrupt or holds no usable features.
+    :func:`osm_reader`. Given the ``catalogue``, the libosmium reader keeps only features in one of its
+    categories (the others return every feature). Returns EPSG:4326 geometries; raises InputError
+    naming ``path`` when it is missing, unreadable, corrupt or holds no usable features.
     """
     p = Path(path)
     fmt = source_format(p)
@@ -196,10 +198,13 @@ def read_osm_features(path: str | os.PathLike, keys: list[str], *, reader: str |
     if name == "osmium":
         from geoembed.views.osm_pbf import read_pbf
 
-        gdf = read_pbf(p, list(keys))
+        gdf = read_pbf(p, list(keys), catalogue)
     else:
         gdf = {"pbf": _read_pbf, "xml": _read_xml, "parquet": _read_parquet}[fmt](p, list(keys))
-    gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
+    # (each step copies only when it changes something: a country extract holds millions of rows)
+    bad = gdf.geometry.isna().to_numpy() | gdf.geometry.is_empty.to_numpy()
+    if bad.any():
+        gdf = gdf[~bad]
     # Split geometry collections (e.g. other_relations) into their parts.
     tid = shapely.get_type_id(gdf.geometry.values)
     if (tid == 7).any():
@@ -209,10 +214,15 @@ def read_osm_features(path: str | os.PathLike, keys: list[str], *, reader: str |
     gdf = gdf.reset_index(drop=True)
     tid = shapely.get_type_id(gdf.geometry.values)
     gtype = np.array([_GTYPE.get(int(t), "") for t in range(8)], dtype=object)[tid]
-    gdf = gdf[gtype != ""].copy()
-    gdf["gtype"] = gtype[gtype != ""]
+    ok = gtype != ""
+    gdf = gdf[ok].copy() if not ok.all() else gdf.copy(deep=False)
+    gdf["gtype"] = gtype[ok]
     if len(gdf) == 0:
-        raise InputError(f"OSM source {p} holds no features")
-    gdf = gdf.set_crs(gdf.crs or "EPSG:4326").to_crs("EPSG:4326")
+        raise InputError(f"OSM source {p} holds no features (an empty extract, or a download cut short at a block "
+                         "boundary: download or export it again)")
+    if gdf.crs is None:
+        gdf = gdf.set_crs("EPSG:4326")
+    elif gdf.crs.to_epsg() != 4326:
+        gdf = gdf.to_crs("EPSG:4326")
     log.info("read %d OSM features from %s", len(gdf), p)
     return gdf.reset_index(drop=True)
