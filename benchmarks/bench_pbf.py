@@ -44,7 +44,7 @@ def _child(path: str, reader: str) -> None:
     logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stderr)
     cat = load_catalogue()
     t0, c0 = time.perf_counter(), time.process_time()
-    feats = read_osm_features(path, cat.keys, reader=reader)
+    feats = read_osm_features(path, cat.keys, catalogue=cat, reader=reader)  # as build_osm_view reads
     t1, c1 = time.perf_counter(), time.process_time()
     member = cat.match(feats, feats["gtype"].to_numpy())
     t2, c2 = time.perf_counter(), time.process_time()

@@ -26,8 +26,8 @@ coordinates are out of range is an :class:`InputError` naming the node; so is a 
 corrupt file, naming the file.
 
 Validity downstream is the convex hull of the features read: a last, untagged row holds the hull of
-the ways that were not kept (GDAL reported them as untagged features), so the extent still covers
-the whole extract.
+the ways (and rejected nodes) that were not kept, as GDAL reported them as untagged features, so
+the extent still covers the whole extract (:class:`_Extent`).
 
 Memory: node locations live in a libosmium index (:func:`node_index_spec`); only kept features are
 held, as shapely geometries built every :data:`BATCH` ways; tag values are interned.
@@ -204,12 +204,11 @@ def _build_ways(hexes: list[str], area: np.ndarray) -> np.ndarray:
 
 class _Extent:
     """Running convex hull (lon/lat) of the features GDAL's driver reported and this reader does not
-    keep: ways (libosmium hands those its key filter drops to :meth:`way`, a filtered-out handler
-    without a ``node`` method, so no Python call for untagged nodes) and nodes with a significant
-    tag (:meth:`add_node`, called by the reader for those it rejects)."""
-
-    #: tags that do not make a node a feature (GDAL's ``unsignificant`` default)
-    INSIGNIFICANT = frozenset({"created_by", "converted_by", "source", "time", "ele", "attribution"})
+    keep: every way (libosmium hands those its key filter drops to :meth:`way`, a filtered-out
+    handler without a ``node`` method, so no Python call for nodes), and the nodes with a catalogue
+    key the reader rejects (:meth:`add_node`). Tagged nodes without a catalogue key are not seen
+    (GDAL's hull had them): on the Helsinki kit the hulls then differ for 14 of 400,000 random points
+    of its bounding box."""
 
     def __init__(self, fab, use_all):
         self.fab, self.use_all = fab, use_all
@@ -231,8 +230,8 @@ class _Extent:
         if len(self.hexes) >= BATCH:
             self.flush()
 
-    def add_node(self, loc, tags: list[tuple[str, str]]) -> None:
-        if loc.valid() and any(k not in self.INSIGNIFICANT for k, _ in tags):
+    def add_node(self, loc) -> None:
+        if loc.valid():
             self.x.append(loc.x)
             self.y.append(loc.y)
             if len(self.x) >= 16 * BATCH:
@@ -327,7 +326,7 @@ def read_pbf(path: str | os.PathLike, keys: list[str], catalogue=None, *, with_i
     ``path`` (a truncated or corrupt file) or the node (coordinates out of range).
     """
     import osmium
-    from osmium.filter import EmptyTagFilter, EntityFilter, IdFilter, KeyFilter
+    from osmium.filter import EntityFilter, IdFilter, KeyFilter
 
     path = Path(path)
     sel = Selection(keys, catalogue)
@@ -362,9 +361,9 @@ def read_pbf(path: str | os.PathLike, keys: list[str], catalogue=None, *, with_i
             area_filter = IdFilter([2 * r + 1 for r in rels.outer])  # libosmium's ids of their areas
             buf = osmium.BufferIterator(area_filter)
             handlers.append(am.second_pass_to_buffer(buf))
-        # C++ filters: tagged nodes (those without a catalogue key still count for the extent) and
-        # ways with a key the selection uses
-        node_filter = EmptyTagFilter()
+        # C++ filters: nodes and ways with a key the selection uses for their geometry type (letting
+        # every tagged node through, for the extent, would cost 30% more time for 0.004% of it)
+        node_filter = KeyFilter(*sel.node_keys) if sel.node_keys else EntityFilter(osmium.osm.WAY)
         node_filter.enable_for(osmium.osm.NODE)
         way_filter = KeyFilter(*sel.way_keys) if sel.way_keys else EntityFilter(osmium.osm.NODE)
         way_filter.enable_for(osmium.osm.WAY)
@@ -416,7 +415,7 @@ def read_pbf(path: str | os.PathLike, keys: list[str], catalogue=None, *, with_i
                 elif type(o) is Node:
                     loc = d.location()
                     if not accepts(0, tags):
-                        extent.add_node(loc, tags)
+                        extent.add_node(loc)
                     elif not loc.valid():
                         raise _OutOfRange(d.id(), loc)
                     else:
