@@ -190,6 +190,10 @@ def test_out_of_range_node_is_named(tmp_path):
     for p in (xml, pbf):
         with pytest.raises(InputError, match=rf"{p.name}: node 2 has coordinates out of range \(lon 24.95, lat 95.5\)"):
             read_osm_features(p, cat.keys, catalogue=cat, reader="osmium")
+    rail = tmp_path / "bad_rail.osm"  # a way no category uses: still an error, not a silent gap
+    rail.write_text(xml.read_text().replace('v="primary"', 'v="rail"').replace('k="highway"', 'k="railway"'))
+    with pytest.raises(InputError, match=r"bad_rail\.osm: node 2 has coordinates out of range"):
+        read_pbf(rail, cat.keys, cat)
     tagged = tmp_path / "bad_poi.osm"
     tagged.write_text(xml.read_text().replace('lat="60.2" lon="24.96"', 'lat="60.2" lon="-190.5"'))
     with pytest.raises(InputError, match=r"bad_poi\.osm: node 3 has coordinates out of range \(lon -190.5"):

@@ -220,10 +220,7 @@ class _Extent:
         try:
             self.hexes.append(self.fab.create_linestring(w, self.use_all))
         except Exception:  # noqa: BLE001 - missing nodes (an extract's edge: the nodes left count), or 1 node
-            try:
-                wkb = _way_wkb_slow(w, False)
-            except _OutOfRange:
-                return
+            wkb = _way_wkb_slow(w, False)  # a node out of range: an error here too
             if wkb is None:
                 return
             self.hexes.append(wkb)
@@ -429,7 +426,7 @@ def read_pbf(path: str | os.PathLike, keys: list[str], catalogue=None, *, with_i
     except _OutOfRange as err:
         raise InputError(f"OSM file {path}: node {err.node_id} {err.what}; fix or drop that node, or export the "
                          "extract again") from None
-    except (RuntimeError, InvalidLocation, ValueError) as err:
+    except (RuntimeError, InvalidLocation) as err:  # libosmium's errors on a bad file
         raise InputError(f"cannot read OSM file {path}: {err}. The file is truncated or corrupt: download or "
                          "export it again") from None
     finally:
