@@ -1,6 +1,6 @@
 """Run every benchmark at its default size, one after another, printing their figures.
 
-    python benchmarks/run_all.py [--only raster osm enrich train evaluate import]
+    python benchmarks/run_all.py [--only raster osm pbf enrich train evaluate import]
 
 Each benchmark is a standalone script in this folder; figures go to stdout (see BENCHMARKS.md).
 """
@@ -17,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 BENCHES = {
     "raster": ["bench_raster.py"],
     "osm": ["bench_osm.py"],
+    "pbf": ["bench_pbf.py"],
     "enrich": ["bench_enrich.py"],
     "train": ["bench_train_cpu.py"],
     "evaluate": ["bench_evaluate.py"],

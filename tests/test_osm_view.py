@@ -103,17 +103,18 @@ def test_catalogue_errors_name_the_key(tmp_path):
         load_catalogue(tmp_path / "nope.yaml")
 
 
-def test_pbf_reader_on_the_helsinki_kit(helsinki_pbf):
-    """The catalogue's keys come straight from GDAL's OSM driver (a generated osmconf.ini); the counts
-    equal those of the former reader, which parsed GDAL's other_tags strings."""
-    f = read_osm_features(helsinki_pbf, load_catalogue().keys)
+def test_gdal_pbf_reader_on_the_helsinki_kit(helsinki_pbf):
+    """The GDAL fallback (``reader="gdal"``; the default is libosmium, tests/test_osm_pbf.py): the
+    catalogue's keys come straight from GDAL's OSM driver (a generated osmconf.ini); the counts equal
+    those of the former reader, which parsed GDAL's other_tags strings."""
+    f = read_osm_features(helsinki_pbf, load_catalogue().keys, reader="gdal")
     assert f["gtype"].value_counts().to_dict() == {"point": 9115, "line": 5161, "polygon": 1199}
     assert f.drop(columns=["geometry", "gtype"]).notna().sum().to_dict() == {
         "amenity": 1091, "building": 525, "emergency": 50, "healthcare": 6, "highway": 4070, "landuse": 243,
         "leisure": 44, "natural": 832, "office": 231, "shop": 625, "tourism": 118, "water": 1, "waterway": 6}
     assert f.crs.to_epsg() == 4326 and (f.loc[f["shop"].notna(), "shop"] == "supermarket").any()
     # keys with a colon (GDAL names their fields addr_street) are read too
-    g = read_osm_features(helsinki_pbf, ["addr:street", "amenity"])
+    g = read_osm_features(helsinki_pbf, ["addr:street", "amenity"], reader="gdal")
     assert g["addr:street"].notna().sum() > 1000 and g["amenity"].notna().sum() == 1091
 
 
@@ -412,12 +413,16 @@ def _locs(n=30, seed=2):
 
 def test_xml_and_geoparquet_sources_agree(tmp_path, synth):
     small = synth.iloc[np.r_[0:40, 400:415, 480:495]].drop(columns="gtype")
+    # OSM files hold coordinates to 1e-7 degrees (libosmium reads them so): both sources get those
+    small = small.set_geometry(shapely.transform(small.geometry.values, lambda c: np.round(c, 7)))
     xml = write_osm_xml(small, tmp_path / "tiny.osm")
     pq = write_features_parquet(small, tmp_path / "tiny.parquet")
     keys = load_catalogue().keys
     fx = read_osm_features(xml, keys)
     fp = read_osm_features(pq, keys)
     assert fx["gtype"].value_counts().to_dict() == fp["gtype"].value_counts().to_dict() == {
+        "point": 40, "line": 15, "polygon": 15}
+    assert read_osm_features(xml, keys, reader="gdal")["gtype"].value_counts().to_dict() == {  # osmnx
         "point": 40, "line": 15, "polygon": 15}
     locs = _locs()
     dcfg = DaskConfig(chunk_size=8)

@@ -62,7 +62,7 @@ from geoembed.views.osm_geom import (
     representative_points,
     tune_malloc,
 )
-from geoembed.views.osm_read import read_osm_features
+from geoembed.views.osm_read import osm_reader, read_osm_features
 
 log = logging.getLogger(__name__)
 
@@ -380,13 +380,16 @@ class OsmView(View):
             "distance": ArraySpec((len(catalogue.names),), "float32"),
         }
         inputs = {"catalogue": catalogue.to_dict(), "source": source_fp, "version": VIEW_VERSION}
+        reader = osm_reader(src)  # the libosmium and GDAL readers differ slightly: part of the fingerprint
+        if reader != "parquet":
+            inputs["reader"] = reader
         return Resolved(arrays=arrays, attrs=attrs, inputs=inputs, context=(src, catalogue, crs))
 
     def prepare(self, resolved: Resolved, lon: np.ndarray, lat: np.ndarray) -> PreparedOsm:
         """Read the source's features, categorise and project them, build the indexes."""
         src, catalogue, crs = resolved.context
         cfg = self.cfg
-        feats = read_osm_features(src, catalogue.keys)
+        feats = read_osm_features(src, catalogue.keys, catalogue=catalogue)
         return prepare_osm(feats, catalogue, crs, h3_resolution=cfg.h3_resolution, radii_m=cfg.radii_m,
                            max_distance_m=cfg.max_distance_m, token=text_fingerprint(resolved.inputs))
 

@@ -2,12 +2,14 @@
 
 Supported sources (chosen by file name):
 
-* ``*.osm.pbf`` / ``*.pbf``: GDAL's OSM driver through pyogrio, layers ``points``, ``lines``,
-  ``multilinestrings``, ``multipolygons`` (read with ``on_invalid="ignore"``: broken rings are dropped)
-  and ``other_relations``, with a driver configuration (:func:`osm_config_file`) that reports the
-  catalogue's keys as fields and nothing else (no ``other_tags`` string to parse: 2.4 -> 0.9 s for
-  the Helsinki kit).
-* ``*.osm`` / ``*.xml``: OSM XML through ``osmnx.features_from_xml`` (offline).
+* ``*.osm.pbf`` / ``*.pbf`` and ``*.osm`` / ``*.xml`` (OSM XML): by default the one-pass libosmium
+  reader :func:`geoembed.views.osm_pbf.read_pbf` (catalogue keys filtered in C++, bounded memory; see
+  there how it differs from GDAL). ``GEOEMBED_OSM_READER=gdal`` (or ``reader="gdal"``) selects the
+  previous readers instead, kept as a fallback and as the reference of the equality test:
+  GDAL's OSM driver through pyogrio for .pbf, layers ``points``, ``lines``, ``multilinestrings``,
+  ``multipolygons`` (read with ``on_invalid="ignore"``: rings no reader can parse are dropped) and
+  ``other_relations``, with a driver configuration (:func:`osm_config_file`) that reports the
+  catalogue's keys as fields and nothing else; ``osmnx.features_from_xml`` for OSM XML.
 * ``*.parquet`` / ``*.geoparquet``: a GeoParquet of features (geometry + one column per tag key).
 
 The result has the requested tag columns (object dtype, null = absent) and ``gtype`` in
@@ -27,11 +29,13 @@ import numpy as np
 import pandas as pd
 import shapely
 
-from geoembed.errors import InputError
+from geoembed.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
 PBF_LAYERS = ("points", "lines", "multilinestrings", "multipolygons", "other_relations")
+#: Readers of .osm.pbf / .osm XML: "osmium" (default) or "gdal" (GDAL for .pbf, osmnx for XML).
+OSM_READERS = ("osmium", "gdal")
 # shapely type ids -> geometry class
 _GTYPE = {0: "point", 4: "point", 1: "line", 2: "line", 5: "line", 3: "polygon", 6: "polygon"}
 
@@ -98,12 +102,25 @@ def _remove_configs() -> None:
         Path(path).unlink(missing_ok=True)
 
 
-def _read_pbf(path: Path, keys: list[str]) -> gpd.GeoDataFrame:
+def osm_reader(path: str | os.PathLike, reader: str | None = None) -> str:
+    """The reader :func:`read_osm_features` uses for ``path``: ``"parquet"`` for GeoParquet; else
+    ``reader``, or ``GEOEMBED_OSM_READER``, or ``"osmium"`` (ConfigError for another name)."""
+    if source_format(path) == "parquet":
+        return "parquet"
+    name = reader or os.environ.get("GEOEMBED_OSM_READER") or "osmium"
+    if name not in OSM_READERS:
+        origin = "reader" if reader else "GEOEMBED_OSM_READER"
+        raise ConfigError(f"{origin}={name!r}: unknown OSM reader (expected one of {', '.join(OSM_READERS)})")
+    return name
+
+
+def _read_pbf(path: Path, keys: list[str], layers: tuple[str, ...] = PBF_LAYERS) -> gpd.GeoDataFrame:
+    """GDAL's OSM driver: the features of ``layers`` (default all five)."""
     import pyogrio
 
     conf = osm_config_file(keys)
     frames = []
-    for layer in PBF_LAYERS:
+    for layer in layers:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -162,21 +179,32 @@ def _read_parquet(path: Path, keys: list[str]) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(out, geometry=gdf.geometry.values, crs=gdf.crs)
 
 
-def read_osm_features(path: str | os.PathLike, keys: list[str]) -> gpd.GeoDataFrame:
+def read_osm_features(path: str | os.PathLike, keys: list[str], *, catalogue=None,
+                      reader: str | None = None) -> gpd.GeoDataFrame:
     """Read the features of an OSM source with the tag columns ``keys`` and a ``gtype`` column.
 
-    Returns EPSG:4326 geometries; raises InputError naming ``path`` when it is missing, unreadable,
-    corrupt or holds no usable features.
+    ``reader`` (default: ``GEOEMBED_OSM_READER``, else ``"osmium"``) picks the .pbf / XML reader, see
+    :func:`osm_reader`. Given the ``catalogue``, the libosmium reader keeps only features in one of its
+    categories (the others return every feature). Returns EPSG:4326 geometries; raises InputError
+    naming ``path`` when it is missing, unreadable, corrupt or holds no usable features.
     """
     p = Path(path)
     fmt = source_format(p)
+    name = osm_reader(p, reader)
     if not p.is_file():
         raise InputError(f"OSM source {p} does not exist")
     if p.stat().st_size == 0:
         raise InputError(f"OSM source {p} is empty (0 bytes)")
-    reader = {"pbf": _read_pbf, "xml": _read_xml, "parquet": _read_parquet}[fmt]
-    gdf = reader(p, list(keys))
-    gdf = gdf[~(gdf.geometry.isna() | gdf.geometry.is_empty)]
+    if name == "osmium":
+        from geoembed.views.osm_pbf import read_pbf
+
+        gdf = read_pbf(p, list(keys), catalogue)
+    else:
+        gdf = {"pbf": _read_pbf, "xml": _read_xml, "parquet": _read_parquet}[fmt](p, list(keys))
+    # (each step copies only when it changes something: a country extract holds millions of rows)
+    bad = gdf.geometry.isna().to_numpy() | gdf.geometry.is_empty.to_numpy()
+    if bad.any():
+        gdf = gdf[~bad]
     # Split geometry collections (e.g. other_relations) into their parts.
     tid = shapely.get_type_id(gdf.geometry.values)
     if (tid == 7).any():
@@ -186,10 +214,15 @@ def read_osm_features(path: str | os.PathLike, keys: list[str]) -> gpd.GeoDataFr
     gdf = gdf.reset_index(drop=True)
     tid = shapely.get_type_id(gdf.geometry.values)
     gtype = np.array([_GTYPE.get(int(t), "") for t in range(8)], dtype=object)[tid]
-    gdf = gdf[gtype != ""].copy()
-    gdf["gtype"] = gtype[gtype != ""]
+    ok = gtype != ""
+    gdf = gdf[ok].copy() if not ok.all() else gdf.copy(deep=False)
+    gdf["gtype"] = gtype[ok]
     if len(gdf) == 0:
-        raise InputError(f"OSM source {p} holds no features")
-    gdf = gdf.set_crs(gdf.crs or "EPSG:4326").to_crs("EPSG:4326")
+        raise InputError(f"OSM source {p} holds no features (an empty extract, or a download cut short at a block "
+                         "boundary: download or export it again)")
+    if gdf.crs is None:
+        gdf = gdf.set_crs("EPSG:4326")
+    elif gdf.crs.to_epsg() != 4326:
+        gdf = gdf.to_crs("EPSG:4326")
     log.info("read %d OSM features from %s", len(gdf), p)
     return gdf.reset_index(drop=True)
