@@ -205,3 +205,75 @@ def test_report_unchanged_without_territories(tmp_path):
     out = write_report(run_evaluation(t, cfg), tmp_path / "r", cfg=cfg, figures=False)
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "evaluation.json", "report.md"]
     assert "Territories" not in (out / "report.md").read_text()
+
+
+def test_gam_effect_is_its_spatial_terms_and_points_map(tmp_path):
+    """On embeddings, the GAM's spatial effect is exactly its smooths' contribution (centred); binned
+    territories of points, one smooth panel per component, the map with MultiPoint territories."""
+    from geoembed.evaluate import GAMRegressor
+    from geoembed.evaluate.synthetic import make_risk_table
+
+    t = make_risk_table(n=400, rate=3.0, seed=2).drop(columns=["true_mu"])
+    emb = [f"emb_{i}" for i in range(5)]
+    gam = GAMRegressor(exposure="exposure", numeric=["age"], smooth=emb, alpha=1.0).fit(t, t["y"])
+    eff = spatial_effect(gam, t, emb, "exposure")
+    n_lin = len(gam.coef_) - sum(s.dim_basis for s in gam.smooths_)
+    terms = np.hstack([s.transform(t) for s in gam.smooths_]) @ gam.coef_[n_lin:]
+    e = t["exposure"].to_numpy()
+    np.testing.assert_allclose(eff, terms - np.log(np.sum(e * np.exp(terms)) / e.sum()), atol=1e-10)
+
+    cfg = EvaluateConfig(target="y", exposure="exposure", covariates=["age"], features=["none", "embeddings"],
+                         models=["gam"], gam={"alpha": 1.0}, split={"kind": "random", "n_folds": 3},
+                         territories={"k": 4, "region_col": "region", "credibility_alphas": [1e-4, 1e-2]})
+    out = write_report(run_evaluation(t, cfg), tmp_path / "r", cfg=cfg, figures=False)
+    terr = pd.read_csv(out / "territories.csv")
+    assert (terr["effect_max"].to_numpy()[:-1] <= terr["effect_min"].to_numpy()[1:]).all()  # 1-D bins
+    assert (out / "gam_smooths.png").stat().st_size > 5000
+    html = (out / "territories.html").read_text()
+    assert html.count('"type": "MultiPoint"') == 4 and html.count('"type": "Point"') == len(t)
+    md = (out / "report.md").read_text()
+    assert "1-D optimal" in md and "| region (credibility GLM) | region |" in md
+
+
+def test_territory_errors_are_clear(tmp_path):
+    t, _ = _pieces(n=200)
+    glm = GLMRegressor(exposure="expo", numeric=["z1", "z2"]).fit(t, t["y"])
+    from geoembed.errors import ConfigError, InputError
+
+    with pytest.raises(InputError, match="lacks spatial column"):
+        spatial_effect(glm, t, ["emb_0"], "expo")
+    cfg = EvaluateConfig(target="y", exposure="expo", features=["coords"], models=["glm"],
+                         split={"kind": "random", "n_folds": 2}, territories={"model": "glm", "region_col": "zip"})
+    res = run_evaluation(t, cfg)
+    with pytest.raises(InputError, match="region_col 'zip' is not a column"):
+        write_report(res, tmp_path / "r", cfg=cfg, figures=False)
+    assert not (tmp_path / "r").exists()  # nothing half-written
+    cfg.territories.region_col, cfg.territories.features = None, "embeddings"
+    with pytest.raises(ConfigError, match="needs embedding columns"):
+        write_report(res, tmp_path / "r", cfg=cfg, figures=False)
+
+
+def test_command_on_nc_counties_contiguous(tmp_path, capsys):
+    """``geoembed evaluate`` on the NC counties (.gpkg): contiguous territories on touching counties."""
+    import geopandas as gpd
+    import yaml
+
+    from geoembed.cli import main
+
+    gpkg = Path(__file__).resolve().parents[1] / "data" / "nc_sids" / "nc.gpkg"
+    cfg = {"workdir": "run", "evaluate": {
+        "table": str(gpkg), "target": "SID79", "exposure": "BIR79", "features": ["coords"], "models": ["glm"],
+        "split": {"kind": "random", "n_folds": 3}, "figures": False,
+        "territories": {"k": 4, "contiguous": True, "model": "glm"}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["evaluate", "-c", str(tmp_path / "c.yaml"), "--no-progress", "--no-figures"]) == 0
+    rep = tmp_path / "run" / "evaluation"
+    assert "touching-polygon graph" in (rep / "report.md").read_text()
+    g = gpd.read_file(gpkg)
+    from geoembed.evaluate.core import read_table
+
+    t = read_table(gpkg)
+    lab = pd.read_csv(rep / "territory_rows.csv")["territory"].to_numpy()
+    assert sorted(set(lab)) == [1, 2, 3, 4]
+    assert is_connected_within(lab, neighbour_graph(t["lon"], t["lat"], geometry=g.geometry.to_crs(4326)))
+    assert (rep / "territories.html").read_text().count('"type": "Feature"') >= 100 + 4

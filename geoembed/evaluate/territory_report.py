@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from geoembed.config.evaluate import EvaluateConfig
-from geoembed.errors import ConfigError
+from geoembed.errors import ConfigError, InputError
 from geoembed.evaluate.core import EvaluationResult, make_estimator, summary_table, with_inner_folds
 from geoembed.evaluate.splits import inner_folds
 from geoembed.evaluate.territories import (
@@ -186,6 +186,9 @@ def write_territories(result: EvaluationResult, cfg: EvaluateConfig, out: Path) 
         raise ConfigError("evaluate.territories.features 'none' has no spatial effect; use coords, embeddings or both")
     if feats in ("embeddings", "both") and not result.embedding_columns:
         raise ConfigError(f"evaluate.territories.features {feats!r} needs embedding columns")
+    if tc.region_col and tc.region_col not in t.columns:
+        raise InputError(f"evaluate.territories.region_col {tc.region_col!r} is not a column of the table "
+                         f"(it has {list(t.columns)[:20]})")
     cols = spatial_columns(feats, cfg, result.embedding_columns)
     y = t[cfg.target].to_numpy(float)
     e = t[cfg.exposure].to_numpy(float) if cfg.exposure else np.ones(len(t))
