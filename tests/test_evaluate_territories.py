@@ -83,6 +83,18 @@ def test_territories_recover_a_piecewise_constant_effect():
     assert terr["exposure"].sum() == pytest.approx(e.sum()) and terr["claims"].sum() == t["y"].sum()
 
 
+def test_gbm_effect_recovers_the_pieces():
+    """Any estimator works through predictions: the GBM's effect of the zone indicators is piecewise constant."""
+    from geoembed.evaluate import GBMRegressor
+
+    t, zone = _pieces()
+    gbm = GBMRegressor(exposure="expo", numeric=["z1", "z2"], num_boost_round=200, learning_rate=0.1,
+                       early_stopping=False).fit(t, t["y"])
+    eff = spatial_effect(gbm, t, ["z1", "z2"], "expo")
+    assert len(np.unique(np.round(eff, 12))) == 3
+    assert (make_territories(eff, 3, t["expo"].to_numpy()) == zone).all()
+
+
 def test_contiguous_territories_are_connected_on_points_and_polygons():
     rng = np.random.default_rng(3)
     lon, lat = rng.uniform(0, 0.2, 400), rng.uniform(0, 0.2, 400)

@@ -307,8 +307,7 @@ class RegionFactorGLM(RegressorMixin, BaseEstimator):
                 for a in sorted(self.alphas, reverse=True):
                     m = self._fit_alpha(Z[tr], y[tr], None if off is None else off[tr], n_lin, a)
                     eta = m.intercept_ + Z[te] @ m.coef_ + (0.0 if off is None else off[te])
-                    dev[a] += deviance(y[te], np.exp(eta) if self.link_ == "log" else m.predict(Z[te]),
-                                       self.family, self.power)
+                    dev[a] += deviance(y[te], inverse_link(self.link_, eta), self.family, self.power)
             self.cv_deviance_ = {float(a): float(v) for a, v in dev.items()}
             self.alpha_ = float(min(dev, key=dev.get))
         self.glm_ = self._fit_alpha(Z, y, off, n_lin, self.alpha_)

@@ -170,6 +170,11 @@ def write_map(path: Path, effect_fc: dict, terr_fc: dict, lon: np.ndarray, lat: 
     folium.GeoJson(terr_fc, name="territories", style_function=terr_style,
                    marker=folium.CircleMarker(radius=5, fill=True),
                    tooltip=folium.GeoJsonTooltip(["territory", "relativity", "exposure", "claims"])).add_to(m)
+    from branca.colormap import LinearColormap
+
+    lim = max(abs(lo), abs(hi), 1e-9)
+    LinearColormap(["#0000ff", "#ffffff", "#ff0000"], vmin=-lim, vmax=lim,
+                   caption="spatial effect (log relativity)").add_to(m)
     folium.LayerControl().add_to(m)
     m.save(str(path))
 
