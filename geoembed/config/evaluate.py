@@ -133,6 +133,28 @@ class GBMConfig(Section):
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
 
 
+class TerritoriesConfig(Section):
+    """Territories and relativities in the report (``geoembed.evaluate.territories``); off unless given.
+
+    ``model`` fitted on ``features`` (default: embeddings when the table has them, else coords), refitted on
+    all rows; its spatial effect cut into ``k`` territories (1-D optimal binning, or with ``contiguous``
+    connected clusters on a neighbour graph: touching polygons when the table is a vector file, else the
+    ``neighbours`` nearest points). ``region_col``: a region column for the credibility baseline (a
+    ridge-penalised region factor, penalty from ``credibility_alphas`` by inner CV) on the same folds.
+    ``map``: ``territories.html`` (folium); ``smooth_plots``: ``gam_smooths.png`` when the model is the GAM.
+    """
+
+    k: int = Field(5, ge=2, le=50)
+    contiguous: bool = False
+    model: ModelName = "gam"
+    features: FeatureSet | None = None
+    region_col: str | None = None
+    neighbours: int = Field(6, ge=1, le=50)
+    credibility_alphas: list[float] = Field(default_factory=lambda: [10.0 ** i for i in range(-7, 2)])
+    map: bool = True
+    smooth_plots: bool = True
+
+
 class EvaluateConfig(Section):
     """What ``geoembed evaluate`` compares: models x spatial feature sets under one split scheme.
 
@@ -162,6 +184,7 @@ class EvaluateConfig(Section):
     glm: GLMConfig = Field(default_factory=GLMConfig)
     gam: GAMConfig = Field(default_factory=GAMConfig)
     gbm: GBMConfig = Field(default_factory=GBMConfig)
+    territories: TerritoriesConfig | None = None
     figures: bool = True
     grid_size: int = Field(80, ge=10, le=400)
     seed: int = 0

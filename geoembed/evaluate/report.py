@@ -309,7 +309,14 @@ def write_report(result: EvaluationResult | pd.DataFrame, out_dir: str | Path, c
                     notes.extend(note)
                 if (tmp / name).exists():
                     figs.append(name)
-        (tmp / "report.md").write_text(render_markdown(records, cfg, figs, notes, res))
+        section = ""
+        if res is not None and cfg is not None and cfg.territories is not None:  # territories.py, on request
+            from geoembed.evaluate.territory_report import write_territories
+
+            section, t_figs, t_notes = write_territories(res, cfg, tmp)
+            figs += t_figs
+            notes += t_notes
+        (tmp / "report.md").write_text(render_markdown(records, cfg, figs, notes, res) + section)
         if cfg is not None:
             import yaml
 
