@@ -227,7 +227,8 @@ def _enrich_once(enricher: Enricher, job: _Job) -> EnrichSummary:
         bar = tqdm(total=source.num_rows, unit="row", unit_scale=True, desc="enrich", leave=False)
 
     with atomic_path(output_path, suffix=output_path.suffix, clean=False) as tmp:
-        sink = ParquetSink(tmp, schema) if out_format == "parquet" else CsvSink(tmp, schema, output_path)
+        sink = ParquetSink(tmp, schema, text_input=source.format == "csv") if out_format == "parquet" \
+            else CsvSink(tmp, schema, output_path)
         writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="geoembed-enrich-writer")
         pending = None
         batches = None

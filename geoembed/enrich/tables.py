@@ -47,25 +47,46 @@ def _dictionary_columns(schema: pa.Schema) -> list[str]:
 
 
 class ParquetSink(Sink):
-    """Parquet writer: one row group per chunk; ``extra_metadata`` is added to the footer on close."""
+    """Parquet writer: one row group per chunk; ``extra_metadata`` is added to the footer on close.
 
-    def __init__(self, tmp: Path, schema: pa.Schema, compression: str = "snappy") -> None:
+    ``text_input``: the text columns come from a CSV, whose columns are all text (ids, amounts, codes):
+    those whose first chunk is mostly distinct values are not dictionary-encoded (hashing a million
+    unique ids buys nothing); the choice is made on the first chunk, before the writer opens.
+    """
+
+    def __init__(self, tmp: Path, schema: pa.Schema, compression: str = "snappy", text_input: bool = False) -> None:
+        self._tmp, self._schema, self._compression = tmp, schema, compression
+        self._text_input = text_input
+        self._w = None
+        if not text_input:
+            self._open(_dictionary_columns(schema))
+
+    def _open(self, dictionary: list[str]) -> None:
         import pyarrow.parquet as pq
 
-        self._w = pq.ParquetWriter(tmp, schema, compression=compression,
-                                   use_dictionary=_dictionary_columns(schema))
+        self._w = pq.ParquetWriter(self._tmp, self._schema, compression=self._compression,
+                                   use_dictionary=dictionary)
 
     def write(self, batch: pa.RecordBatch) -> None:
+        if self._w is None:
+            import pyarrow.compute as pc
+
+            keep = [c for c in _dictionary_columns(self._schema)
+                    if pc.count_distinct(batch.column(c)).as_py() <= 0.5 * max(1, batch.num_rows)]
+            self._open(keep)
         self._w.write_batch(batch, row_group_size=batch.num_rows)
 
     def close(self, extra_metadata: dict[bytes, bytes] | None = None) -> None:
+        if self._w is None:
+            self._open(_dictionary_columns(self._schema))
         if extra_metadata:
             self._w.add_key_value_metadata(extra_metadata)
         self._w.close()
 
     def abort(self) -> None:
         try:
-            self._w.close()
+            if self._w is not None:
+                self._w.close()
         except Exception:  # noqa: BLE001 - the temporary file is discarded anyway
             pass
 
