@@ -211,6 +211,10 @@ def test_weight_raster(tmp_path, bundle, bundle_path):
         enrich_file(bundle_path, src, out, points_per_polygon=50, weight_raster=tif, on_invalid="null")
     with pytest.raises(InputError, match=r"raster .*nope.tif does not exist"):
         enrich_file(bundle_path, src, out, weight_raster=tmp_path / "nope.tif")
+    pts = tmp_path / "pts.parquet"
+    pd.DataFrame({"lon": [-34.88], "lat": [-7.99]}).to_parquet(pts)
+    with pytest.raises(InputError, match=r"--weight-raster weighs points sampled in polygons.*\(lon, lat\)"):
+        enrich_file(bundle_path, pts, out, weight_raster=tif)
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -190,6 +190,9 @@ def _open(enricher: Enricher, job: _Job):
         coords = resolve_coordinates(source.schema, origin, job.lon_col, job.lat_col, source.geo, job.crs)
         if coords.geometry is not None:
             coords.kind = geometry_kind(coords.geometry, job.input_path, source.layer, job.chunk_rows)
+        if coords.kind != "polygon" and job.sampler.weight is not None:
+            raise InputError(f"{origin}: --weight-raster weighs points sampled in polygons, but this table's "
+                             f"coordinates are points ({', '.join(coords.labels)})")
         check_no_clash(source.schema, enricher.names, origin, polygons=coords.kind == "polygon")
         described = coords.describe() | ({"layer": source.layer} if source.layer else {})
         extra = dict(job.extra_meta)

@@ -198,16 +198,6 @@ class HygieneReport:
             return self.swapped_message(origin, lon_col, lat_col)
         return None
 
-    def merge(self, other: HygieneReport) -> None:
-        """Add another report's counts (a part of the same table)."""
-        self.rows += other.rows
-        self.invalid += other.invalid
-        for k, v in other.by_reason.items():
-            self.by_reason[k] = self.by_reason.get(k, 0) + v
-        self.examples.extend(other.examples[: max(0, self.max_examples - len(self.examples))])
-        self.add_footprint(other.finite, other.inside, other.swapped_inside)
-        self.add_projected(other.projected, other.projected_example)
-
     def counts(self) -> dict:
         """The verdict counts, as recorded in an enriched part's totals."""
         return {"finite": self.finite, "inside": self.inside, "swapped_inside": self.swapped_inside,

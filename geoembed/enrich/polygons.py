@@ -416,6 +416,8 @@ def _canonical(geoms: np.ndarray, grid: float) -> np.ndarray:
     import shapely
 
     g = shapely.transform(geoms, lambda xy: np.round(xy / grid) * grid)
+    for i in np.flatnonzero(~shapely.is_valid(g)):  # features under 0.1 mm that the grid made touch
+        g[i] = _polygonal(shapely.make_valid(g[i]))
     g = shapely.normalize(g)
     single = (shapely.get_type_id(g) == 6) & (shapely.get_num_geometries(g) == 1)
     if single.any():

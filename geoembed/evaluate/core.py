@@ -62,7 +62,7 @@ def read_table(path: str | Path, lon_col: str = "lon", lat_col: str = "lat") -> 
         table = read_frame(p)
     except InputError as err:
         raise InputError(f"evaluate.table: {err}") from None
-    if hasattr(table, "geometry"):
+    if hasattr(getattr(table, "geometry", None), "crs"):  # a GeoDataFrame (not a column named geometry)
         return _with_lonlat(table, lon_col, lat_col)
     return table
 

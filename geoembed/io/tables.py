@@ -154,7 +154,15 @@ class CsvSource(Source):
             with self._open() as r:
                 self.schema = r.schema
         except (pa.ArrowException, OSError) as err:
-            raise InputError(f"cannot read CSV file {self.path}: {err}") from None
+            raise self._error(err) from None
+
+    def _error(self, err: Exception) -> InputError:
+        """The InputError for a pyarrow CSV failure (text that is not UTF-8 named by its column)."""
+        m = re.search(r"In CSV column #(\d+)", str(err))
+        if m and "UTF8" in str(err):
+            return InputError(f"cannot read CSV file {self.path}: column '{self.names[int(m.group(1))]}' holds "
+                              f"text that is not UTF-8; save the file as UTF-8")
+        return InputError(f"cannot read CSV file {self.path}: {err}")
 
     def _estimate_block_size(self, chunk_rows: int) -> int:
         try:
@@ -185,9 +193,9 @@ class CsvSource(Source):
                     return
                 except pa.ArrowInvalid as err:
                     m = re.search(r"In CSV column #(\d+)", str(err))
-                    if m and "conversion error" in str(err):
+                    if m and "conversion error" in str(err) and "UTF8" not in str(err):
                         raise CsvTypeRetry(self.names[int(m.group(1))]) from None
-                    raise InputError(f"cannot read CSV file {self.path}: {err}") from None
+                    raise self._error(err) from None
                 except (pa.ArrowException, OSError) as err:
                     raise InputError(f"cannot read CSV file {self.path}: {err}") from None
                 if batch.num_rows:
@@ -235,7 +243,7 @@ class VectorSource(Source):
         self.schema = schema
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        import pyogrio
+        import pyogrio.raw
 
         try:
             with pyogrio.raw.open_arrow(self.path, layer=self.layer, batch_size=self.chunk_rows,
@@ -246,7 +254,7 @@ class VectorSource(Source):
                         if self._geom_index is not None:
                             cols[self._geom_index] = cols[self._geom_index].cast(pa.binary())
                         yield pa.RecordBatch.from_arrays(cols, schema=self.schema)
-        except (pa.ArrowException, OSError, pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as err:
+        except Exception as err:  # noqa: BLE001 - GDAL raises several types mid-stream
             raise InputError(f"cannot read {self.path}: {err}") from None
 
 
