@@ -1,7 +1,9 @@
-"""``geoembed inspect PATH``: print what any geoembed artefact holds.
+"""``geoembed inspect PATH``: print what any geoembed artefact or table holds.
 
 Recognises a run folder (workdir), a locations GeoParquet, a view store, a model bundle, an enriched
-table (Parquet with geoembed metadata) and an evaluation report folder.
+table (Parquet with geoembed metadata, or CSV with its ``.meta.json`` sidecar), an evaluation report
+folder, and any table that ``enrich`` and ``evaluate`` read (CSV, Parquet, GeoParquet, shapefile,
+GeoPackage, ...: :mod:`geoembed.io.tables`), with its rows, columns and geometry.
 """
 
 from __future__ import annotations
@@ -35,20 +37,43 @@ def _locations(path: Path) -> dict:
 def _parquet_table(path: Path) -> dict:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
-    md = {k.decode(): v.decode()[:2000] for k, v in (pf.schema_arrow.metadata or {}).items()
-          if k not in (b"pandas", b"ARROW:schema")}
+    from geoembed.io.tables import describe_table
+
+    info = describe_table(path)
+    try:
+        pf = pq.ParquetFile(path)
+        kv = pf.schema_arrow.metadata or {}
+    except Exception as err:  # noqa: BLE001 - describe_table opened it; any later failure is a bad file
+        raise InputError(f"cannot read Parquet file {path}: {err}") from None
+    md = {k.decode(): v.decode()[:2000] for k, v in kv.items() if k not in (b"pandas", b"ARROW:schema")}
     for k, v in list(md.items()):
         try:
             md[k] = json.loads(v)
         except ValueError:
             pass
-    return {"artefact": "table", "path": str(path), "rows": pf.metadata.num_rows,
-            "columns": {f.name: str(f.type) for f in pf.schema_arrow}, "metadata": md}
+    return {**info, "metadata": md}
 
 
-def describe(path: str | Path) -> dict | list:
-    """A JSON-able description of the artefact at ``path``."""
+def _other_table(path: Path, layer: str | None) -> dict:
+    """A CSV or vector table; a CSV with a ``.meta.json`` sidecar is an enriched table."""
+    from geoembed.io.enriched import sidecar_path
+    from geoembed.io.tables import describe_table
+
+    info = describe_table(path, layer=layer)
+    side = sidecar_path(path)
+    if info["format"] == "csv" and side.is_file():
+        try:
+            meta = json.loads(side.read_text())
+        except ValueError as err:
+            raise InputError(f"{side}: not valid JSON ({err})") from None
+        if isinstance(meta, dict) and "bundle" in meta:
+            info["artefact"] = "enriched table"
+            info["metadata"] = {"geoembed": meta}
+    return info
+
+
+def describe(path: str | Path, layer: str | None = None) -> dict | list:
+    """A JSON-able description of the artefact or table at ``path`` (``layer``: of a GeoPackage)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p} does not exist")
@@ -90,28 +115,39 @@ def describe(path: str | Path) -> dict | list:
         if not out:
             raise InputError(f"{p} holds no geoembed artefact")
         return out
-    if p.suffix.lower() in (".parquet", ".geoparquet"):
-        from geoembed.io.enriched import META_KEY as ENRICHED_META_KEY
-        from geoembed.io.locations import LOCATION_META_KEY_STR
+    from geoembed.io.tables import FORMATS_TEXT, input_format
 
-        info = _parquet_table(p)
-        meta = info["metadata"].get(LOCATION_META_KEY_STR)
-        if isinstance(meta, dict) and "sampling" in meta and "location_id" in info["columns"]:
-            return _locations(p)
-        enriched = info["metadata"].get(ENRICHED_META_KEY.decode())
-        if isinstance(enriched, dict) and "bundle" in enriched:
-            info["artefact"] = "enriched table"
-        return info
-    raise InputError(f"{p}: not a geoembed artefact (expected a run folder, view store, bundle, report or Parquet)")
+    try:
+        fmt = input_format(p)
+    except InputError:
+        raise InputError(f"{p}: not a geoembed artefact (expected a run folder, view store, bundle, report) "
+                         f"nor a table ({FORMATS_TEXT})") from None
+    if fmt != "parquet":
+        return _other_table(p, layer)
+    if layer is not None:
+        raise InputError(f"--layer applies to vector files (GeoPackage, ...), not to {p}")
+    from geoembed.io.enriched import META_KEY as ENRICHED_META_KEY
+    from geoembed.io.locations import LOCATION_META_KEY_STR
+
+    info = _parquet_table(p)
+    meta = info["metadata"].get(LOCATION_META_KEY_STR)
+    if isinstance(meta, dict) and "sampling" in meta and "location_id" in info["columns"]:
+        return _locations(p)
+    enriched = info["metadata"].get(ENRICHED_META_KEY.decode())
+    if isinstance(enriched, dict) and "bundle" in enriched:
+        info["artefact"] = "enriched table"
+    return info
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="run folder, locations.parquet, views/<name>, bundle, report or table")
+    parser.add_argument("path", help="run folder, locations.parquet, views/<name>, bundle, report, or a table "
+                                     "(CSV, Parquet, GeoParquet, shapefile, GeoPackage, ...)")
+    parser.add_argument("--layer", default=None, help="layer of a GeoPackage with several layers")
     parser.add_argument("--json", action="store_true", help="print JSON instead of YAML")
 
 
 def run(args: argparse.Namespace) -> int:
-    info = describe(args.path)
+    info = describe(args.path, layer=args.layer)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:

@@ -163,25 +163,36 @@ def test_csv_to_csv_keeps_text_and_writes_sidecar(tmp_path, bundle):
     assert meta["summary"]["rows"] == 300 and meta["output"]["bytes"] == out.stat().st_size
 
 
-def test_csv_to_parquet_infers_types(tmp_path, bundle):
+def test_csv_to_parquet_keeps_text_unless_types_are_inferred(tmp_path, bundle):
     lon, lat = inside_points(200, seed=6)
     n = 200
-    df = pd.DataFrame({"id": np.arange(n), "lon": lon, "lat": lat, "x": np.linspace(0, 1, n)})
+    df = pd.DataFrame({"id": np.arange(n), "lon": lon, "lat": lat, "x": np.linspace(0, 1, n),
+                       "code": [f"{i:04d}" for i in range(n)], "note": ["NA", "", "n/a", "x"] * 50})
     src = tmp_path / "in.csv.gz"
     df.to_csv(src, index=False)
+    # by default every column but the coordinates keeps its text: "0007" stays "0007", "NA" stays "NA"
+    out = tmp_path / "text.parquet"
+    enrich_file(bundle, src, out, chunk_rows=16)
+    res = pq.read_table(out)
+    assert res.schema.field("lon").type == pa.float64() and res.schema.field("id").type == pa.string()
+    assert res["code"].to_pylist() == df["code"].tolist() and res["code"][7].as_py() == "0007"
+    assert res["note"].to_pylist() == df["note"].tolist() and res["note"].null_count == 0
+    np.testing.assert_array_equal(res["lon"].to_numpy(), df["lon"].to_numpy())
+    np.testing.assert_array_equal(emb_matrix(res), bundle.embed(lon, lat))
+    # asked for, types are inferred (as pandas would)
+    out = tmp_path / "out.parquet"
+    enrich_file(bundle, src, out, chunk_rows=16, infer_types=True)
+    res = pq.read_table(out)
+    assert res.schema.field("id").type == pa.int64() and res.schema.field("code").type == pa.int64()
+    assert res.schema.field("lon").type == pa.float64()
+    np.testing.assert_array_equal(res["lon"].to_numpy(), df["lon"].to_numpy())
+    np.testing.assert_array_equal(emb_matrix(res), bundle.embed(lon, lat))
     # a column that only turns out to be text after the first block
     late = tmp_path / "late.csv"
     df2 = df.assign(code=[str(i) for i in range(n - 1)] + ["X9"])
     df2.to_csv(late, index=False)
-    out = tmp_path / "out.parquet"
-    enrich_file(bundle, src, out, chunk_rows=16)
-    res = pq.read_table(out)
-    assert res.schema.field("id").type == pa.int64()
-    assert res.schema.field("lon").type == pa.float64()
-    np.testing.assert_array_equal(res["lon"].to_numpy(), df["lon"].to_numpy())
-    np.testing.assert_array_equal(emb_matrix(res), bundle.embed(lon, lat))
     out2 = tmp_path / "late.parquet"
-    enrich_file(bundle, late, out2, chunk_rows=16)
+    enrich_file(bundle, late, out2, chunk_rows=16, infer_types=True)
     res2 = pq.read_table(out2)
     assert res2["code"].to_pylist() == df2["code"].tolist()
     assert res2.num_rows == n
@@ -209,17 +220,26 @@ def test_geoparquet_in_projected_crs(tmp_path, bundle):
     assert read_enrich_metadata(out)["input"]["geometry"] == "geometry"
 
 
-def test_geoparquet_non_point_geometry_is_flagged(tmp_path, bundle):
+def test_geoparquet_points_among_polygons_and_lines(tmp_path, bundle):
+    """A geometry column with any polygon is a polygon table: polygons get the mean over points sampled in
+    them, a point its own embedding (one point), a line is flagged (before polygons existed, the polygon
+    was flagged not_point)."""
     import geopandas as gpd
 
-    geoms = [shapely.Point(-34.87, -8.0), shapely.box(-34.9, -8.0, -34.85, -7.96), shapely.Point(-34.86, -7.99)]
+    geoms = [shapely.Point(-34.87, -8.0), shapely.box(-34.9, -8.0, -34.85, -7.96), shapely.Point(-34.86, -7.99),
+             shapely.LineString([(-34.9, -8.0), (-34.85, -7.96)])]
     src = tmp_path / "in.parquet"
-    gpd.GeoDataFrame({"k": [1, 2, 3]}, geometry=geoms, crs="EPSG:4326").to_parquet(src)
+    gpd.GeoDataFrame({"k": [1, 2, 3, 4]}, geometry=geoms, crs="EPSG:4326").to_parquet(src)
     out = tmp_path / "out.parquet"
-    with pytest.raises(InputError, match=r"row 1: not_point"):
+    with pytest.raises(InputError, match=r"row 3: not_polygon \(LineString\)"):
         enrich_file(bundle, src, out)
-    enrich_file(bundle, src, out, on_invalid="null")
-    assert pq.read_table(out)[INVALID_COL].to_pylist() == [None, "not_point", None]
+    enrich_file(bundle, src, out, on_invalid="null", points_per_polygon=50)
+    res = pq.read_table(out)
+    assert res[INVALID_COL].to_pylist() == [None, None, None, "not_polygon"]
+    assert res["geoembed_points"].to_pylist() == [1, 50, 1, None]
+    emb = emb_matrix(res)
+    np.testing.assert_array_equal(emb[[0, 2]], bundle.embed(np.array([-34.87, -34.86]), np.array([-8.0, -7.99])))
+    assert np.isfinite(emb[1]).all() and np.isnan(emb[3]).all()
 
 
 # ------------------------------------------------------------------------------------------ hygiene

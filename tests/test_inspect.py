@@ -25,9 +25,13 @@ def test_inspect_bundle_and_enriched_table(tmp_path, bundle_path, capsys):
 
 
 def test_inspect_rejects_what_it_does_not_know(tmp_path, capsys):
-    (tmp_path / "notes.txt").write_text("hi")
-    assert main(["inspect", str(tmp_path / "notes.txt")]) == 1
+    (tmp_path / "notes.md").write_text("hi")
+    assert main(["inspect", str(tmp_path / "notes.md")]) == 1
     assert "not a geoembed artefact" in capsys.readouterr().err
+    # .txt is a CSV for every stage (enrich, evaluate, inspect): an unreadable one is a clear error
+    (tmp_path / "empty.txt").write_text("")
+    assert main(["inspect", str(tmp_path / "empty.txt")]) == 1
+    assert "cannot read CSV file" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(Exception, match="holds no geoembed artefact"):

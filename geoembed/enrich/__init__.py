@@ -1,28 +1,31 @@
 """Enrichment: any table with coordinates -> the same rows plus embedding columns (and QA flags).
 
-Entry point: :func:`enrich_file` (one CSV/Parquet/GeoParquet file -> an enriched table, the format of
+Entry point: :func:`enrich_file` (one table -> an enriched table, the format of
 :mod:`geoembed.io.enriched`); the ``geoembed enrich`` command (``configure_parser(parser)`` /
-``run(args)``) calls it, or :func:`enrich_directory` for a folder of Parquet parts on Dask. Also:
+``run(args)``) calls it, or :func:`enrich_directory` for a folder of Parquet parts on Dask. Tables of every
+format are read by :mod:`geoembed.io.tables` (shared with ``evaluate`` and ``inspect``). Also:
 
 * :class:`LocationEmbedder` - scikit-learn transformer (``geoembed.LocationEmbedder``).
+* :func:`~geoembed.enrich.polygons.embed_polygons` - one embedding per polygon (mean over sampled points).
 * :func:`fit_reduction_file` and :class:`Reduction` - optional PCA/whitening to k components.
 * :func:`read_enrich_metadata` - what an enriched table records (bundle, input, columns, totals).
 
 Modules, each with one concern (arrows are imports)::
 
     command -------> driver, parts, fit_reduction, enricher        the CLI (imports them lazily)
-    parts ---------> driver, enricher, tables, reduction           a folder of parts on Dask; resume
+    parts ---------> driver, enricher, tables, reduction, polygons a folder of parts on Dask; resume
     fit_reduction -> driver, enricher, tables, coordinates         a reduction fitted on a reference table
-    driver --------> enricher, tables, coordinates, arrow          one file: stream, prefetch, atomic output
-    transformer ---> enricher, hygiene, reduction                  LocationEmbedder, in memory
+    driver --------> enricher, tables, coordinates, arrow, polygons one file: stream, prefetch, atomic output
+    transformer ---> enricher, hygiene, reduction, polygons        LocationEmbedder, in memory
+    polygons ------> hygiene                                       points sampled in polygons, their mean
     enricher ------> hygiene, reduction                            coordinates -> embeddings + QA values
     arrow ---------> coordinates, hygiene                          output schema, embedding/QA columns
-    tables --------> coordinates                                   streaming CSV/Parquet sources and sinks
-    coordinates ---> hygiene                                       lon/lat columns or point geometry
+    tables                                                         sources (io.tables) and CSV/Parquet sinks
+    coordinates ---> hygiene                                       lon/lat columns or a geometry; its kind
     hygiene, reduction                                             numpy/pandas only
 
-All of them use :mod:`geoembed.io.enriched` (column names, metadata, sidecars), :mod:`geoembed.io.atomic`
-and :mod:`geoembed.errors`; none imports another stage.
+All of them use :mod:`geoembed.io.enriched` (column names, metadata, sidecars), :mod:`geoembed.io.tables`,
+:mod:`geoembed.io.atomic` and :mod:`geoembed.errors`; none imports another stage.
 
 Heavy dependencies (torch, scikit-learn, pyarrow) load on first use, so the CLI starts fast.
 """

@@ -1,79 +1,33 @@
-"""Coordinates of a table: which columns (or which point geometry) hold them, and their values per chunk.
+"""Coordinates of a table: which columns (or which geometry) hold them, and their values per chunk.
 
 * :func:`resolve_coordinates` picks the source once per table: explicit ``lon_col``/``lat_col``, else the
-  GeoParquet primary geometry (:func:`geo_info`), else columns ``lon``/``lat``; a missing column is an
-  error that suggests likely candidates.
+  table's primary geometry (GeoParquet, shapefile, GeoPackage, ...), else columns ``lon``/``lat``; a
+  missing column is an error that suggests likely candidates. ``crs`` (``--crs``) names the CRS of x/y
+  columns in projected units, or fills (replaces) the CRS of a geometry.
+* :func:`geometry_kind`: whether a geometry column holds points or polygons (declared types, else one
+  look at every value's WKB header). Polygons are enriched by :mod:`geoembed.enrich.polygons`.
 * :func:`batch_coordinates` gives one chunk's lon/lat in EPSG:4326 degrees with a hygiene reason code per
   row (:mod:`geoembed.enrich.hygiene`) and the raw values for error messages.
 
-GeoParquet: the primary geometry column (WKB or GeoArrow point encoding, any CRS) gives lon/lat in
-EPSG:4326; little-endian 2D WKB points are decoded with numpy directly (no geometry objects).
+Point geometries (WKB or GeoArrow point encoding, any CRS) give lon/lat in EPSG:4326; little-endian 2D WKB
+points are decoded with numpy directly (no geometry objects).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from geoembed.enrich import hygiene as hy
 from geoembed.errors import InputError
+from geoembed.io.geocolumn import GeoInfo, lonlat_transformer, parse_crs, with_crs, wkb_type_ids
+from geoembed.io.geocolumn import parquet_geo as geo_info
 
-__all__ = ["Coordinates", "GeoInfo", "batch_coordinates", "geo_info", "points_xy", "resolve_coordinates"]
-
-
-@dataclass
-class GeoInfo:
-    """The primary geometry column of a GeoParquet file."""
-
-    column: str
-    encoding: str  # "WKB" or "point"
-    crs: object  # pyproj.CRS
-    transformer: object | None  # pyproj.Transformer to EPSG:4326 lon/lat, or None when already lon/lat
-
-    def describe(self) -> str:
-        return f"geometry column '{self.column}' ({self.encoding}, {self.crs.to_string()})"
-
-
-def geo_info(schema: pa.Schema, origin: str) -> GeoInfo | None:
-    """Parse GeoParquet ``geo`` metadata; None for a plain table."""
-    md = schema.metadata or {}
-    if b"geo" not in md:
-        return None
-    try:
-        geo = json.loads(md[b"geo"])
-        col = geo["primary_column"]
-        spec = geo["columns"][col]
-    except (ValueError, KeyError, TypeError) as err:
-        raise InputError(f"{origin}: malformed GeoParquet 'geo' metadata ({err})") from None
-    if col not in schema.names:
-        raise InputError(f"{origin}: GeoParquet primary column '{col}' is not in the table")
-    encoding = str(spec.get("encoding", "WKB"))
-    if encoding.upper() == "WKB":
-        encoding = "WKB"
-    elif encoding.lower() != "point":
-        raise InputError(f"{origin}: geometry column '{col}' has encoding {encoding!r}; enrichment needs "
-                         f"points (WKB or GeoArrow 'point')")
-    else:
-        encoding = "point"
-    from pyproj import CRS, Transformer
-
-    crs_spec = spec.get("crs", "OGC:CRS84")
-    if crs_spec is None:
-        raise InputError(f"{origin}: geometry column '{col}' has an undefined CRS (crs: null); "
-                         f"set its CRS before enriching")
-    try:
-        crs = CRS.from_user_input(crs_spec) if not isinstance(crs_spec, dict) else CRS.from_json_dict(crs_spec)
-    except Exception as err:  # noqa: BLE001 - pyproj raises several types
-        raise InputError(f"{origin}: cannot understand the CRS of geometry column '{col}': {err}") from None
-    lonlat = CRS.from_user_input("OGC:CRS84")
-    wgs84 = CRS.from_epsg(4326)
-    transformer = None
-    if not (crs.equals(lonlat, ignore_axis_order=True) or crs.equals(wgs84, ignore_axis_order=True)):
-        transformer = Transformer.from_crs(crs, wgs84, always_xy=True)
-    return GeoInfo(col, encoding, crs, transformer)
+__all__ = ["Coordinates", "GeoInfo", "batch_coordinates", "geo_info", "geometry_kind", "points_xy",
+           "resolve_coordinates"]
 
 
 def points_xy(col, geo: GeoInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -133,16 +87,25 @@ def _wkb_points_fast(col) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
 
 @dataclass
 class Coordinates:
-    """Where a table's coordinates come from: two named columns, or a GeoParquet point geometry."""
+    """Where a table's coordinates come from: two named columns (in degrees, or in ``crs``), or a geometry."""
 
     lon_col: str | None = None
     lat_col: str | None = None
     geometry: GeoInfo | None = None
+    crs: object | None = None  # pyproj CRS of the two columns when given (--crs)
+    transformer: object | None = None  # the columns' CRS -> EPSG:4326 lon/lat
+    kind: str = "point"  # "point", or "polygon" for a geometry of polygons
 
     def describe(self) -> dict:
         if self.geometry is not None:
-            return {"geometry": self.geometry.column, "crs": self.geometry.crs.to_string()}
-        return {"lon_col": self.lon_col, "lat_col": self.lat_col}
+            out = {"geometry": self.geometry.column, "crs": self.geometry.crs.to_string()}
+            if self.kind != "point":
+                out["geometry_kind"] = self.kind
+            return out
+        out = {"lon_col": self.lon_col, "lat_col": self.lat_col}
+        if self.crs is not None:
+            out["crs"] = self.crs.to_string()
+        return out
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -150,15 +113,29 @@ class Coordinates:
             return (f"{self.geometry.column}.x", f"{self.geometry.column}.y")
         return (self.lon_col, self.lat_col)
 
+    @property
+    def degrees(self) -> bool:
+        """Whether the raw values are meant to be degrees (no projection involved)."""
+        if self.geometry is not None:
+            return self.geometry.transformer is None
+        return self.transformer is None
+
 
 _CANDIDATES = {"lon": ("lon", "lng", "long", "longitude", "x", "lon_deg"),
                "lat": ("lat", "latitude", "y", "lat_deg")}
 
 
 def resolve_coordinates(schema: pa.Schema, origin: str, lon_col: str | None, lat_col: str | None,
-                        geo: GeoInfo | None) -> Coordinates:
-    """Pick the coordinate source: explicit columns, else the GeoParquet geometry, else lon/lat."""
+                        geo: GeoInfo | None, crs=None) -> Coordinates:
+    """Pick the coordinate source: explicit columns, else the table's geometry, else lon/lat.
+
+    ``crs``: the CRS of the columns' values (any pyproj input), or of the geometry (filling an unknown
+    one). A geometry without a known CRS is an error naming the file.
+    """
     if lon_col is None and lat_col is None and geo is not None:
+        if crs is not None:
+            geo = with_crs(geo, crs, origin)
+        geo.require_crs()
         return Coordinates(geometry=geo)
     lon_col = lon_col or "lon"
     lat_col = lat_col or "lat"
@@ -175,7 +152,42 @@ def resolve_coordinates(schema: pa.Schema, origin: str, lon_col: str | None, lat
     dup = [n for n in (lon_col, lat_col) if schema.names.count(n) > 1]
     if dup:
         raise InputError(f"{origin}: column name(s) {dup} appear more than once")
-    return Coordinates(lon_col=lon_col, lat_col=lat_col)
+    if crs is None:
+        return Coordinates(lon_col=lon_col, lat_col=lat_col)
+    c = parse_crs(crs, origin, "--crs")
+    return Coordinates(lon_col=lon_col, lat_col=lat_col, crs=c, transformer=lonlat_transformer(c))
+
+
+def geometry_kind(geo: GeoInfo, path: str | Path, layer: str | None = None, chunk_rows: int = 262_144) -> str:
+    """'polygon' when any geometry of the column is a (multi)polygon, else 'point'. The declared types
+    decide when they can; otherwise every value's WKB header is read (the geometry column only), so the
+    answer is the whole table's, whatever the chunk size."""
+    declared = geo.declared_kind()
+    if declared is not None:
+        return declared
+    if geo.encoding == "point":
+        return "point"
+    from geoembed.io.tables import open_table
+
+    source = open_table(path, chunk_rows, layer=layer, columns=[geo.column])
+    try:
+        for batch in source.batches():
+            ids = wkb_type_ids(batch.column(batch.schema.get_field_index(geo.column)))
+            if np.isin(ids, (3, 6)).any():
+                return "polygon"
+    finally:
+        source.close()
+    return "point"
+
+
+def _transform(transformer, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Finite x/y through ``transformer`` (NaN elsewhere; inf where the CRS cannot place a point)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    lon = np.full(len(x), np.nan)
+    lat = np.full(len(x), np.nan)
+    if ok.any():
+        lon[ok], lat[ok] = transformer.transform(x[ok], y[ok])
+    return lon, lat
 
 
 def batch_coordinates(batch: pa.RecordBatch, coords: Coordinates
@@ -184,14 +196,7 @@ def batch_coordinates(batch: pa.RecordBatch, coords: Coordinates
     if coords.geometry is not None:
         geo = coords.geometry
         x, y, not_point = points_xy(batch.column(batch.schema.get_field_index(geo.column)), geo)
-        if geo.transformer is not None:
-            ok = np.isfinite(x) & np.isfinite(y)
-            lon = np.full(len(x), np.nan)
-            lat = np.full(len(x), np.nan)
-            if ok.any():
-                lon[ok], lat[ok] = geo.transformer.transform(x[ok], y[ok])
-        else:
-            lon, lat = x, y
+        lon, lat = (x, y) if geo.transformer is None else _transform(geo.transformer, x, y)
         codes = hy.classify(lon, lat, hy._float_codes(lon), hy._float_codes(lat))
         # A projected point that does not transform (outside the CRS's area) comes back inf.
         codes[(codes == hy.INFINITE) & np.isfinite(x) & np.isfinite(y)] = hy.OUT_OF_RANGE
@@ -204,5 +209,11 @@ def batch_coordinates(batch: pa.RecordBatch, coords: Coordinates
         lat, lat_codes = hy.parse_numeric(lat_raw)
     except InputError as err:
         raise InputError(f"{err} (columns '{coords.lon_col}', '{coords.lat_col}')") from None
+    if coords.transformer is not None:
+        x, y = lon, lat
+        lon, lat = _transform(coords.transformer, x, y)
+        codes = hy.classify(lon, lat, lon_codes, lat_codes)
+        codes[(codes == hy.OK) & ~(np.isfinite(lon) & np.isfinite(lat))] = hy.OUT_OF_RANGE
+        return lon, lat, codes, lon_raw, lat_raw
     codes = hy.classify(lon, lat, lon_codes, lat_codes)
     return lon, lat, codes, lon_raw, lat_raw

@@ -2,10 +2,12 @@
 
 :class:`Enricher` holds a loaded bundle (see :func:`load_bundle_cached`), its training footprint as a
 support index and an optional :class:`~geoembed.io.reduction.Reduction`. For arrays of lon/lat with
-hygiene codes (:mod:`geoembed.enrich.hygiene`) it counts invalid rows and footprint hits (the swapped
-columns check), embeds the valid rows on worker threads and measures the distance to the footprint. It
-knows nothing of files: :mod:`geoembed.enrich.driver` streams tables through it, and
-:class:`~geoembed.enrich.transformer.LocationEmbedder` calls it on in-memory columns.
+hygiene codes (:mod:`geoembed.enrich.hygiene`) it counts invalid rows, footprint hits and
+projected-looking values (for the whole-table verdicts of
+:meth:`~geoembed.enrich.hygiene.HygieneReport.verdict`), embeds the valid rows on worker threads and
+measures the distance to the footprint. It knows nothing of files: :mod:`geoembed.enrich.driver` streams
+tables through it, and :class:`~geoembed.enrich.transformer.LocationEmbedder` calls it on in-memory
+columns.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from geoembed.errors import GeoembedError, InputError
 from geoembed.geo import SupportIndex
 from geoembed.io.enriched import embedding_names
 from geoembed.io.reduction import Reduction
+from geoembed.io.tables import projected_like
 
 DEFAULT_EMBED_BATCH = 16_384
 ON_INVALID = ("error", "null")
@@ -137,6 +140,9 @@ class Enricher:
             inside[finite] = self.support.contains(lon[finite], lat[finite])
             swapped[finite] = self.support.contains(lat[finite], lon[finite])
         report.add_footprint(int(finite.sum()), int(inside.sum()), int(swapped.sum()))
+        like = np.flatnonzero((codes == hy.OUT_OF_RANGE) & projected_like(lon, lat))
+        if len(like):
+            report.add_projected(len(like), (float(lon[like[0]]), float(lat[like[0]])))
         return inside
 
     def _embed_block(self, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Fit a reduction (PCA, optionally whitened) on the embeddings of a reference table, streamed.
 
-The table (a CSV/Parquet/GeoParquet file or a folder of Parquet parts) is read chunk by chunk like
-:func:`geoembed.enrich.enrich_file` does, with the same coordinate hygiene and swapped-columns check;
+The table (any format of :mod:`geoembed.io.tables`, or a folder of Parquet parts) is read chunk by chunk
+like :func:`geoembed.enrich.enrich_file` does, with the same coordinate hygiene and whole-table verdicts;
 only the d x d covariance of the valid rows' embeddings is accumulated
 (:class:`~geoembed.io.reduction.CovarianceAccumulator`). The result is saved as JSON
 (:class:`~geoembed.io.reduction.Reduction`) for ``enrich_file(..., reduction=...)``.
@@ -15,10 +15,11 @@ from pathlib import Path
 
 from geoembed.enrich import hygiene as hy
 from geoembed.enrich.coordinates import batch_coordinates, resolve_coordinates
-from geoembed.enrich.driver import DEFAULT_CHUNK_ROWS
+from geoembed.enrich.driver import DEFAULT_CHUNK_ROWS, HOW_CRS
 from geoembed.enrich.enricher import Enricher, load_bundle_cached, torch_threads
-from geoembed.enrich.tables import CsvTypeRetry, list_parts, open_source
+from geoembed.enrich.tables import list_parts, open_source
 from geoembed.errors import InputError
+from geoembed.io.atomic import check_output
 from geoembed.io.enriched import bundle_info
 from geoembed.io.reduction import CovarianceAccumulator, Reduction
 
@@ -28,13 +29,16 @@ __all__ = ["fit_reduction_file"]
 def fit_reduction_file(bundle, input_path: str | os.PathLike, output_path: str | os.PathLike, *,
                        n_components: int, method: str = "pca", lon_col: str | None = None,
                        lat_col: str | None = None, on_invalid: str = "error",
-                       chunk_rows: int = DEFAULT_CHUNK_ROWS, workers: int | None = None) -> Reduction:
+                       chunk_rows: int = DEFAULT_CHUNK_ROWS, workers: int | None = None, crs=None,
+                       layer: str | None = None) -> Reduction:
     """Fit a PCA/whitening reduction on the embeddings of a reference table (streamed) and save it.
 
-    ``input_path`` is a CSV/Parquet/GeoParquet file or a folder of Parquet parts. Invalid rows are an
-    error (``on_invalid="error"``) or skipped (``"null"``). Returns the saved :class:`Reduction`.
+    ``input_path`` is a table of points (any format of :mod:`geoembed.io.tables`) or a folder of Parquet
+    parts. Invalid rows are an error (``on_invalid="error"``) or skipped (``"null"``); swapped or
+    projected coordinates are an error decided on the whole table. Returns the saved :class:`Reduction`.
     """
     input_path = Path(input_path)
+    check_output(output_path, what="reduction output")
     if isinstance(bundle, str | os.PathLike):
         bundle = load_bundle_cached(bundle)
     files = list_parts(input_path) if input_path.is_dir() else [input_path]
@@ -52,15 +56,13 @@ def fit_reduction_file(bundle, input_path: str | os.PathLike, output_path: str |
             offset = 0
             for f in files:
                 starts.append(offset)
-                source = open_source(f, chunk_rows, "parquet", {lon_col or "lon", lat_col or "lat"})
-                coords = resolve_coordinates(source.schema, str(f), lon_col, lat_col, source.geo)
+                source = open_source(f, chunk_rows, layer=layer)
                 try:
+                    coords = resolve_coordinates(source.schema, str(f), lon_col, lat_col, source.geo, crs)
                     for batch in source.batches():
                         lon, lat, codes, lon_raw, lat_raw = batch_coordinates(batch, coords)
                         enricher.check(lon, lat, codes, report, offset, lon_raw, lat_raw)
                         offset += batch.num_rows
-                        if report.looks_swapped():
-                            raise InputError(report.swapped_message(str(input_path), *coords.labels))
                         if report.invalid and on_invalid == "error":
                             continue
                         valid = codes == hy.OK
@@ -68,12 +70,12 @@ def fit_reduction_file(bundle, input_path: str | os.PathLike, output_path: str |
                             acc.add(enricher.embed_valid(lon[valid], lat[valid]))
                 finally:
                     source.close()
+            problem = report.verdict(str(input_path), *coords.labels, HOW_CRS)
+            if problem is not None:
+                raise InputError(problem)
             if report.invalid and on_invalid == "error":
                 raise InputError(report.invalid_message(str(input_path), *coords.labels,
                                                         where=where if input_path.is_dir() else None))
-    except CsvTypeRetry as retry:
-        raise InputError(f"{input_path}: column '{retry.column}' changes type after the first block; "
-                         f"convert the reference table to Parquet") from None
     finally:
         enricher.close()
     red = Reduction.from_covariance(acc, int(n_components), method, bundle_fingerprint=bundle.fingerprint,

@@ -3,11 +3,15 @@
 Each row gets a reason code (0 = valid). Codes are checked in this order, the first that applies wins:
 ``missing`` (null, NaN, empty text), ``non_numeric`` (text that is not a number), ``infinite``,
 ``out_of_range`` (|lon| > 180 or |lat| > 90), ``null_island`` (exactly (0, 0): almost always a
-failed geocode), ``not_point`` (a geometry that is not a single point). Rows are never dropped: the
-caller decides whether invalid rows are an error or get empty embeddings.
+failed geocode), ``not_point`` (a geometry that is not a single point). A table of polygons
+(:mod:`geoembed.enrich.polygons`) has its own: ``not_polygon``, ``empty``, ``invalid_geometry``,
+``zero_area``, ``zero_weight``. Rows are never dropped: the caller decides whether invalid rows are an
+error or get empty embeddings.
 
-A table-level check detects swapped columns: most finite points fall outside the training footprint
-but inside it when longitude and latitude are exchanged.
+Two verdicts are taken on the whole table, from counts summed over its chunks (so neither chunk size
+nor row order can change them), once every chunk has been seen: swapped columns (most finite points
+fall outside the training footprint but inside it when longitude and latitude are exchanged) and
+projected coordinates given as degrees (most finite values are beyond any angle: metres or feet).
 """
 
 from __future__ import annotations
@@ -27,9 +31,15 @@ INFINITE = 3
 OUT_OF_RANGE = 4
 NULL_ISLAND = 5
 NOT_POINT = 6
+NOT_POLYGON = 7
+EMPTY = 8
+INVALID_GEOMETRY = 9
+ZERO_AREA = 10
+ZERO_WEIGHT = 11
 
 REASONS: tuple[str | None, ...] = (
     None, "missing", "non_numeric", "infinite", "out_of_range", "null_island", "not_point",
+    "not_polygon", "empty", "invalid_geometry", "zero_area", "zero_weight",
 )
 
 # Text that means "no value" in a coordinate column (compared case-insensitively, after stripping).
@@ -141,7 +151,10 @@ class HygieneReport:
     finite: int = 0
     inside: int = 0
     swapped_inside: int = 0
+    projected: int = 0
+    projected_example: tuple | None = None
     max_examples: int = 10
+    kind: str = "point"  # "polygon": examples hold a description of the geometry, not lon/lat
 
     def add(self, codes: np.ndarray, row_offset: int, lon_raw=None, lat_raw=None) -> None:
         """Count one chunk's codes; keep the first few bad rows with their raw values."""
@@ -163,6 +176,32 @@ class HygieneReport:
         self.finite += finite
         self.inside += inside
         self.swapped_inside += swapped_inside
+
+    def add_projected(self, n: int, example: tuple | None) -> None:
+        """Count finite values beyond any angle (projected metres or feet given as degrees)."""
+        self.projected += n
+        if self.projected_example is None and example is not None:
+            self.projected_example = example
+
+    def looks_projected(self) -> bool:
+        """At least half the finite coordinates are far beyond degrees."""
+        return self.projected > 0 and self.projected >= 0.5 * self.finite
+
+    def verdict(self, origin: str, lon_col: str, lat_col: str, how_crs: str) -> str | None:
+        """The whole-table error, if any: projected coordinates first, then swapped columns."""
+        from geoembed.io.tables import projected_message
+
+        if self.looks_projected():
+            return projected_message(origin, lon_col, lat_col, self.projected, self.finite,
+                                     self.projected_example, how_crs)
+        if self.looks_swapped():
+            return self.swapped_message(origin, lon_col, lat_col)
+        return None
+
+    def counts(self) -> dict:
+        """The verdict counts, as recorded in an enriched part's totals."""
+        return {"finite": self.finite, "inside": self.inside, "swapped_inside": self.swapped_inside,
+                "projected": self.projected}
 
     def looks_swapped(self) -> bool:
         """Most finite points lie outside the footprint but (at least half) inside it when swapped."""
@@ -191,12 +230,19 @@ class HygieneReport:
             f"first bad rows (0-based row number{' within its file' if where else ''}, reason, {lon_col}, "
             f"{lat_col}):"
         ]
+        if self.kind == "polygon":
+            lines[0] = (f"{origin}: {self.invalid:,} of {self.rows:,} polygons are invalid ({reasons}); first "
+                        f"bad rows (0-based row number{' within its file' if where else ''}, reason, detail):")
         for row, reason, lo, la in self.examples:
-            lines.append(f"  {where(row) if where else f'row {row}'}: {reason} ({lon_col}={lo!r}, {lat_col}={la!r})")
+            at = where(row) if where else f"row {row}"
+            if self.kind == "polygon":
+                lines.append(f"  {at}: {reason} ({lo})")
+            else:
+                lines.append(f"  {at}: {reason} ({lon_col}={lo!r}, {lat_col}={la!r})")
         legend = "; ".join(f"{k} = {_LEGEND[k]}" for k in REASONS[1:] if k in self.by_reason)
         lines.append(f"Reasons: {legend}.")
-        lines.append("Fix these rows, or pass --on-invalid null (on_invalid='null') to give them empty "
-                     "embeddings and a geoembed_invalid flag.")
+        lines.append(f"Fix these {'polygons' if self.kind == 'polygon' else 'rows'}, or pass --on-invalid "
+                     f"null (on_invalid='null') to give them empty embeddings and a geoembed_invalid flag.")
         return "\n".join(lines)
 
 
@@ -207,6 +253,11 @@ _LEGEND = {
     "out_of_range": "|lon| > 180 or |lat| > 90 degrees",
     "null_island": "exactly (0, 0), usually a failed geocode",
     "not_point": "a geometry that is not a single point",
+    "not_polygon": "a geometry that is not a polygon or multipolygon",
+    "empty": "an empty geometry",
+    "invalid_geometry": "unreadable, or invalid other than by self-intersection (which is repaired)",
+    "zero_area": "a polygon without area (a line or a point)",
+    "zero_weight": "the weight raster is 0 or nodata at every sampled point",
 }
 
 

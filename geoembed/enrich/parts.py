@@ -1,10 +1,12 @@
 """Enrich a folder of Parquet parts on Dask: one task per part, output parts with the same names.
 
 Tasks write into a hidden staging folder ``.OUT.partial/`` beside the target, each part atomically
-and with its own metadata; when every part is there, a ``_geoembed.json`` summary is added and the
-staging folder is renamed to ``OUT``. A failed or killed run therefore leaves no ``OUT`` that looks
-complete (an older ``OUT`` stays untouched), and rerunning the same command skips the parts already
-done (same bundle, same settings, same input file size and time).
+and with its own metadata; when every part is there, the whole-table verdicts (swapped columns,
+projected coordinates given as degrees) are taken on the counts of all parts together, the temporaries of
+killed tasks are swept out, a ``_geoembed.json`` summary is added and the staging folder is renamed to
+``OUT``. A failed or killed run therefore leaves no ``OUT`` that looks complete (an older ``OUT`` stays
+untouched), and rerunning the same command skips the parts already done (same bundle, same settings,
+same input file size and time).
 
 The scheduler is a distributed address (``--scheduler`` or env GEOEMBED_SCHEDULER, see
 :func:`geoembed.runtime.scheduler_address`) or, by default, Dask's local threaded scheduler. Workers
@@ -19,10 +21,13 @@ import shutil
 import time
 from pathlib import Path
 
-from geoembed.enrich.driver import DEFAULT_CHUNK_ROWS, EnrichSummary, enrich_file
+from geoembed.enrich import hygiene as hy
+from geoembed.enrich.driver import DEFAULT_CHUNK_ROWS, HOW_CRS, EnrichSummary, enrich_file
 from geoembed.enrich.enricher import DEFAULT_EMBED_BATCH, default_workers, load_bundle_cached, torch_threads
+from geoembed.enrich.polygons import DEFAULT_POINTS, WeightRaster
 from geoembed.enrich.tables import list_parts
 from geoembed.errors import InputError
+from geoembed.io.atomic import check_output, remove_stale_temps
 from geoembed.io.enriched import (
     SUMMARY_FILE,
     read_directory_summary,
@@ -54,10 +59,11 @@ def enrich_part(bundle_path: str, part: str, target: str, job: dict, settings: d
     except (ImportError, ValueError):
         pass
     part_path = Path(part)
-    s = enrich_file(bundle_path, part_path, target, workers=1,
+    s = enrich_file(bundle_path, part_path, target, workers=1, defer_verdict=True, check=False,
                     extra_meta={"job": job, "source": _source_stamp(part_path)}, **settings)
     return {"rows": s.rows, "invalid": s.invalid, "by_reason": s.by_reason,
-            "out_of_support": s.out_of_support, "max_support_km": s.max_support_km}
+            "out_of_support": s.out_of_support, "max_support_km": s.max_support_km, "repaired": s.repaired,
+            "verdict_counts": s.verdict_counts, "kind": s.kind}
 
 
 def _part_done(target: Path, part: Path, job: dict) -> dict | None:
@@ -71,7 +77,10 @@ def _part_done(target: Path, part: Path, job: dict) -> dict | None:
     if meta.get("job") != job or meta.get("source") != _source_stamp(part):
         return None
     summary = meta.get("summary") or {}
-    return summary if summary.get("complete") else None
+    if not summary.get("complete") or "verdict_counts" not in summary:
+        return None
+    return {**summary, "kind": "polygon" if (meta.get("input") or {}).get("geometry_kind") == "polygon"
+            else "point"}
 
 
 def _replace_folder(staging: Path, output: Path) -> None:
@@ -95,8 +104,10 @@ def enrich_directory(bundle_path: str | os.PathLike, input_dir: str | os.PathLik
                      lat_col: str | None = None, on_invalid: str = "error",
                      chunk_rows: int = DEFAULT_CHUNK_ROWS, reduction: str | os.PathLike | None = None,
                      embed_batch: int = DEFAULT_EMBED_BATCH, scheduler: str | None = None,
-                     num_workers: int | None = None) -> EnrichSummary:
-    """Enrich every Parquet part of ``input_dir`` into ``output_dir`` with Dask (see module docs)."""
+                     num_workers: int | None = None, crs=None, points_per_polygon: int = DEFAULT_POINTS,
+                     polygon_seed: int = 0, weight_raster: str | os.PathLike | None = None) -> EnrichSummary:
+    """Enrich every Parquet part of ``input_dir`` into ``output_dir`` with Dask (see module docs; the
+    options are those of :func:`~geoembed.enrich.driver.enrich_file`)."""
     from geoembed.runtime import run_tasks, scheduler_address
 
     t0 = time.perf_counter()
@@ -104,8 +115,8 @@ def enrich_directory(bundle_path: str | os.PathLike, input_dir: str | os.PathLik
     parts = list_parts(input_dir)
     if output_dir.resolve() == input_dir.resolve():
         raise InputError(f"output folder {output_dir} would overwrite the input parts")
-    if output_dir.exists() and output_dir.is_dir() and any(output_dir.iterdir()) \
-            and not (output_dir / SUMMARY_FILE).is_file():
+    check_output(output_dir, what="output folder", folder=True)
+    if output_dir.exists() and any(output_dir.iterdir()) and not (output_dir / SUMMARY_FILE).is_file():
         raise InputError(f"output folder {output_dir} exists and was not written by `geoembed enrich`; "
                          f"remove it or choose another output")
     bundle = load_bundle_cached(bundle_path)  # fail early, before any task starts
@@ -113,25 +124,34 @@ def enrich_directory(bundle_path: str | os.PathLike, input_dir: str | os.PathLik
     if reduction is not None:
         red = Reduction.load(reduction)
         red.check_bundle(bundle.fingerprint, int(bundle.embedding_dim), origin=f"reduction {reduction}")
+    weight = None
+    if weight_raster is not None:
+        w = WeightRaster(weight_raster)
+        weight = {"path": str(Path(weight_raster).resolve()), "fingerprint": w.fingerprint()}
+        w.close()
     job = {"bundle": bundle.fingerprint, "lon_col": lon_col, "lat_col": lat_col, "on_invalid": on_invalid,
-           "reduction": None if red is None else text_fingerprint(red.to_dict())}
+           "reduction": None if red is None else text_fingerprint(red.to_dict()),
+           "crs": None if crs is None else str(crs),
+           "polygons": {"points_per_polygon": int(points_per_polygon), "seed": int(polygon_seed),
+                        "weight_raster": weight}}
     settings = {"lon_col": lon_col, "lat_col": lat_col, "on_invalid": on_invalid, "chunk_rows": chunk_rows,
                 "reduction": None if reduction is None else str(Path(reduction).resolve()),
-                "embed_batch": embed_batch}
+                "embed_batch": embed_batch, "crs": crs, "points_per_polygon": points_per_polygon,
+                "polygon_seed": polygon_seed,
+                "weight_raster": None if weight_raster is None else str(Path(weight_raster).resolve())}
     staging = output_dir.with_name(f".{output_dir.name}.partial")
     staging.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(staging)  # parts a killed run was writing
     summary = EnrichSummary(input=str(input_dir), output=str(output_dir), parts=len(parts),
                             out_of_support_km=float(bundle.out_of_support_km))
+    report = hy.HygieneReport()
     import dask
 
     tasks, done = [], 0
     for part in parts:
         prev = _part_done(staging / part.name, part, job)
         if prev is not None:
-            summary.merge(EnrichSummary(input=str(part), output="", rows=prev["rows"],
-                                        invalid=prev["invalid"], by_reason=prev.get("by_reason", {}),
-                                        out_of_support=prev["out_of_support"],
-                                        max_support_km=prev.get("max_support_km", 0.0)))
+            _add(summary, report, prev)
             done += 1
             continue
         tasks.append(dask.delayed(enrich_part, pure=False)(
@@ -146,10 +166,16 @@ def enrich_directory(bundle_path: str | os.PathLike, input_dir: str | os.PathLik
     with torch_threads(1 if local else None):
         results = run_tasks(tasks, scheduler=address, num_workers=num_workers, desc="parts")
     for res in results:
-        summary.merge(EnrichSummary(input="", output="", **res))
+        _add(summary, report, res)
     missing = [p.name for p in parts if not (staging / p.name).is_file()]
     if missing:  # pragma: no cover - a task that returned without writing is a bug
         raise InputError(f"parts {missing[:5]} were not written to {staging}")
+    problem = report.verdict(str(input_dir), *(("geometry.x", "geometry.y") if lon_col is None and lat_col is None
+                                               and summary.kind == "polygon" else (lon_col or "lon", lat_col or "lat")),
+                             HOW_CRS)
+    if problem is not None:
+        raise InputError(problem)
+    remove_stale_temps(staging, any_pid=True)  # every task has finished: nothing in there is being written
     summary.seconds = time.perf_counter() - t0
     write_directory_summary(staging, bundle=bundle, job=job, parts=[p.name for p in parts],
                             totals={"rows": summary.rows, "invalid": summary.invalid,
@@ -160,3 +186,15 @@ def enrich_directory(bundle_path: str | os.PathLike, input_dir: str | os.PathLik
     summary.seconds = time.perf_counter() - t0
     log.debug("%s", summary.line())
     return summary
+
+
+def _add(summary: EnrichSummary, report: hy.HygieneReport, res: dict) -> None:
+    """Add one part's totals to the run's summary and its verdict counts to the whole-table report."""
+    summary.merge(EnrichSummary(input="", output="", rows=res["rows"], invalid=res["invalid"],
+                                by_reason=res.get("by_reason", {}), out_of_support=res["out_of_support"],
+                                max_support_km=res.get("max_support_km", 0.0), repaired=res.get("repaired", 0)))
+    if res.get("kind") == "polygon":
+        summary.kind = "polygon"
+    c = res.get("verdict_counts") or {}
+    report.add_footprint(c.get("finite", 0), c.get("inside", 0), c.get("swapped_inside", 0))
+    report.add_projected(c.get("projected", 0), None)

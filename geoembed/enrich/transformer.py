@@ -9,8 +9,13 @@ Coordinates are taken by column name (``lon_col``/``lat_col``, default "lon"/"la
 only those two columns are read, so other columns may differ between ``fit`` and ``transform`` (fit on
 a reference table, transform a policy table). For a plain array, give positions (``lon_col=0,
 lat_col=1``); then the array layout must match the one seen in ``fit`` (scikit-learn's usual rules).
-Invalid coordinates follow :mod:`geoembed.enrich.hygiene`: an error by default, or NaN rows with
-``on_invalid="null"``. Swapped columns are always an error.
+A GeoDataFrame without those columns gives its geometry: points as they are (any CRS), polygons one
+embedding each, the mean over ``points_per_polygon`` points sampled uniformly in it
+(:mod:`geoembed.enrich.polygons`). ``crs`` names the CRS of x/y columns in projected units (or of a
+geometry without one). Invalid coordinates follow :mod:`geoembed.enrich.hygiene`: an error by default,
+or NaN rows with ``on_invalid="null"``. Swapped columns and projected coordinates given as degrees are
+always an error. ``transform`` of 0 rows returns 0 rows (``fit`` needs at least one, as scikit-learn
+requires).
 """
 
 from __future__ import annotations
@@ -24,11 +29,22 @@ from sklearn.utils.validation import check_array, check_is_fitted
 
 from geoembed.enrich import hygiene as hy
 from geoembed.enrich.enricher import DEFAULT_EMBED_BATCH, Enricher, load_bundle_cached
+from geoembed.enrich.polygons import DEFAULT_POINTS, PolygonSampler
 from geoembed.errors import InputError
 from geoembed.io.enriched import embedding_names
 from geoembed.io.reduction import Reduction, reduced_names
 
 log = logging.getLogger(__name__)
+
+_HOW_CRS = ("Pass crs='EPSG:XXXX' naming the CRS of these columns (e.g. EPSG:31985 for SIRGAS 2000 / UTM "
+            "zone 25S); they are then converted to lon/lat.")
+
+
+class _Polygons:
+    """A GeoDataFrame's polygons, for :meth:`LocationEmbedder._polygons`."""
+
+    def __init__(self, geoms: np.ndarray, transformer, geographic: bool) -> None:
+        self.geoms, self.transformer, self.geographic = geoms, transformer, geographic
 
 
 class LocationEmbedder(TransformerMixin, BaseEstimator):
@@ -46,11 +62,16 @@ class LocationEmbedder(TransformerMixin, BaseEstimator):
         of ``n_components``).
     dtype : output dtype, "float64" (default, what GLM solvers expect) or "float32".
     embed_batch : rows per encoder forward pass.
+    crs : CRS (e.g. "EPSG:31985") of the lon_col/lat_col values when they are projected x/y, or of a
+        GeoDataFrame's geometry that has none.
+    points_per_polygon, polygon_seed, weight_raster : for a GeoDataFrame of polygons, the points sampled
+        in each (deterministic for the seed) and an optional density raster weighting them.
     """
 
     def __init__(self, bundle=None, *, lon_col="lon", lat_col="lat", on_invalid="error",
                  n_components=None, whiten=False, reduction=None, dtype="float64",
-                 embed_batch=DEFAULT_EMBED_BATCH):
+                 embed_batch=DEFAULT_EMBED_BATCH, crs=None, points_per_polygon=DEFAULT_POINTS,
+                 polygon_seed=0, weight_raster=None):
         self.bundle = bundle
         self.lon_col = lon_col
         self.lat_col = lat_col
@@ -60,6 +81,10 @@ class LocationEmbedder(TransformerMixin, BaseEstimator):
         self.reduction = reduction
         self.dtype = dtype
         self.embed_batch = embed_batch
+        self.crs = crs
+        self.points_per_polygon = points_per_polygon
+        self.polygon_seed = polygon_seed
+        self.weight_raster = weight_raster
 
     # ------------------------------------------------------------------------------------- sklearn API
     def __sklearn_tags__(self):
@@ -73,9 +98,15 @@ class LocationEmbedder(TransformerMixin, BaseEstimator):
         """Load the bundle, check ``X``'s coordinates, and fit the optional reduction on ``X``."""
         self._check_params()
         bundle = self._load()
-        lon, lat, codes, raw = self._coordinates(X, reset=True)
+        coords = self._coordinates(X, reset=True)
         enricher = Enricher(bundle, on_invalid=self.on_invalid, embed_batch=self.embed_batch, workers=1)
-        self._check_rows(enricher, lon, lat, codes, raw)
+        if isinstance(coords, _Polygons):
+            emb_all = self._polygons(enricher, coords)
+            valid = np.isfinite(emb_all).all(axis=1)
+        else:
+            lon, lat, codes, raw = coords
+            self._check_rows(enricher, lon, lat, codes, raw)
+            valid = codes == hy.OK
         self.bundle_fingerprint_ = bundle.fingerprint
         self.embedding_dim_ = int(bundle.embedding_dim)
         self.out_of_support_km_ = float(bundle.out_of_support_km)
@@ -85,8 +116,7 @@ class LocationEmbedder(TransformerMixin, BaseEstimator):
             red.check_bundle(bundle.fingerprint, self.embedding_dim_, origin=f"reduction {self.reduction}")
             self.reduction_ = red
         elif self.n_components is not None:
-            valid = codes == hy.OK
-            emb = enricher.embed(lon, lat, valid)[valid]
+            emb = (emb_all if isinstance(coords, _Polygons) else enricher.embed(lon, lat, valid))[valid]
             if len(emb) <= self.n_components:
                 raise ValueError(f"n_components={self.n_components} needs more than {self.n_components} "
                                  f"valid rows to fit a reduction; got {len(emb)} sample(s)")
@@ -101,7 +131,10 @@ class LocationEmbedder(TransformerMixin, BaseEstimator):
         """``(n, k)`` array of embeddings (or reduced components); NaN rows for invalid coordinates."""
         check_is_fitted(self, "bundle_fingerprint_")
         enricher = self._get_enricher()
-        lon, lat, codes, raw = self._coordinates(X, reset=False)
+        coords = self._coordinates(X, reset=False)
+        if isinstance(coords, _Polygons):
+            return self._polygons(enricher, coords).astype(self.dtype, copy=False)
+        lon, lat, codes, raw = coords
         inside = self._check_rows(enricher, lon, lat, codes, raw)
         valid = codes == hy.OK
         if valid.any():
@@ -171,27 +204,50 @@ class LocationEmbedder(TransformerMixin, BaseEstimator):
         state.pop("_enricher", None)
         return state
 
-    def _check_rows(self, enricher: Enricher, lon, lat, codes, raw) -> np.ndarray:
+    def _check_rows(self, enricher: Enricher, lon, lat, codes, raw, labels=None) -> np.ndarray:
         report = hy.HygieneReport()
         inside = enricher.check(lon, lat, codes, report, 0, *raw)
-        labels = (str(self.lon_col), str(self.lat_col))
-        if report.looks_swapped():
-            raise InputError(report.swapped_message("X", *labels))
+        labels = labels or (str(self.lon_col), str(self.lat_col))
+        problem = report.verdict("X", *labels, _HOW_CRS)
+        if problem is not None:
+            raise InputError(problem)
         if report.invalid and self.on_invalid == "error":
             raise InputError(report.invalid_message("X", *labels))
         return inside
+
+    def _polygons(self, enricher: Enricher, poly: _Polygons) -> np.ndarray:
+        """(n, k) float32 mean embeddings of a GeoDataFrame's polygons (NaN rows where invalid)."""
+        sampler = PolygonSampler(self.points_per_polygon, self.polygon_seed, self.weight_raster)
+        try:
+            res = sampler.embed_geoms(enricher, poly.geoms, poly.transformer, poly.geographic)
+        finally:
+            sampler.close()
+        report = hy.HygieneReport(kind="polygon")
+        report.add(res.codes, 0, res.details, None)
+        report.add_footprint(res.readable, 0, 0)
+        report.add_projected(res.projected, res.projected_example)
+        problem = report.verdict("X", "geometry.x", "geometry.y", _HOW_CRS)
+        if problem is not None:
+            raise InputError(problem)
+        if report.invalid and self.on_invalid == "error":
+            raise InputError(report.invalid_message("X", "geometry", ""))
+        if res.repaired:
+            log.warning("X: %d self-intersecting polygon(s) repaired with make_valid (rows %s)",
+                        len(res.repaired), res.repaired[:10])
+        return res.emb
 
     def _coordinates(self, X, reset: bool):
         """lon, lat (float64), reason codes and the raw columns, from a DataFrame (by name) or an array
         (by position)."""
         if hasattr(X, "columns") and hasattr(X, "shape"):
-            return self._from_frame(X, reset)
+            geo = self._from_geometry(X, reset)
+            return geo if geo is not None else self._from_frame(X, reset)
         if isinstance(self.lon_col, str) or isinstance(self.lat_col, str):
             X = check_array(X, dtype=None, ensure_all_finite=False, ensure_min_features=1)
             raise ValueError(f"X has no column names; pass a DataFrame with columns {self.lon_col!r} and "
                              f"{self.lat_col!r}, or set lon_col/lat_col to column positions for arrays")
         X = check_array(X, dtype=None, ensure_all_finite=False, ensure_min_features=1 if not reset else 2,
-                        input_name="X")
+                        ensure_min_samples=1 if reset else 0, input_name="X")
         self._check_n_features(X.shape[1], reset)
         if reset:
             self.__dict__.pop("feature_names_in_", None)
@@ -206,7 +262,7 @@ class LocationEmbedder(TransformerMixin, BaseEstimator):
     def _from_frame(self, X, reset: bool):
         cols = list(X.columns)
         n_rows, n_cols = X.shape
-        if n_rows == 0:
+        if n_rows == 0 and reset:
             raise ValueError(f"Found array with 0 sample(s) (shape=({n_rows}, {n_cols})) while a minimum "
                              f"of 1 is required by LocationEmbedder.")
         names = [str(c) for c in cols]
@@ -242,12 +298,61 @@ class LocationEmbedder(TransformerMixin, BaseEstimator):
 
         return self._parse(get(self.lon_col), get(self.lat_col))
 
-    @staticmethod
-    def _parse(lon_raw, lat_raw):
+    def _from_geometry(self, X, reset: bool):
+        """A GeoDataFrame without the coordinate columns: its points (lon, lat, codes, raw) or polygons."""
+        geom = getattr(X, "geometry", None)
+        if geom is None or not hasattr(geom, "crs") or (isinstance(self.lon_col, str) and self.lon_col in X.columns) \
+                or not isinstance(self.lon_col, str):
+            return None
+        if reset:
+            if len(X) == 0:
+                raise ValueError("Found array with 0 sample(s) while a minimum of 1 is required by "
+                                 "LocationEmbedder.")
+            self.n_features_in_ = X.shape[1]
+            self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+        from geoembed.io.geocolumn import lonlat_transformer, parse_crs
+
+        crs = geom.crs if self.crs is None else parse_crs(self.crs, "X", "crs")
+        if crs is None:
+            raise InputError("X: the GeoDataFrame's geometry has no CRS; set one (X.set_crs('EPSG:XXXX')) or "
+                             "pass crs=")
+        geoms = np.asarray(geom.values, dtype=object)
+        transformer = lonlat_transformer(crs)
+        import shapely
+
+        if np.isin(shapely.get_type_id(geoms), (3, 6)).any():
+            return _Polygons(geoms, transformer, bool(crs.is_geographic))
+        missing = shapely.is_missing(geoms) | shapely.is_empty(geoms)
+        is_pt = shapely.get_type_id(geoms) == 0
+        x = np.full(len(geoms), np.nan)
+        y = np.full(len(geoms), np.nan)
+        ok = is_pt & ~missing
+        x[ok], y[ok] = shapely.get_x(geoms[ok]), shapely.get_y(geoms[ok])
+        lon, lat = (x, y)
+        if transformer is not None and ok.any():
+            lon, lat = x.copy(), y.copy()
+            lon[ok], lat[ok] = transformer.transform(x[ok], y[ok])
+        codes = hy.classify(lon, lat, hy._float_codes(lon), hy._float_codes(lat))
+        codes[(codes == hy.INFINITE) & np.isfinite(x) & np.isfinite(y)] = hy.OUT_OF_RANGE
+        codes[~is_pt & ~missing] = hy.NOT_POINT
+        return lon, lat, codes, (x, y)
+
+    def _parse(self, lon_raw, lat_raw):
         lon, lon_codes = hy.parse_numeric(lon_raw)
         lat, lat_codes = hy.parse_numeric(lat_raw)
         raw = tuple(np.asarray(r, dtype=object) if not isinstance(r, np.ndarray) else r
                     for r in (lon_raw, lat_raw))
+        if self.crs is not None:
+            from geoembed.io.geocolumn import lonlat_transformer, parse_crs
+
+            tr = lonlat_transformer(parse_crs(self.crs, "X", "crs"))
+            ok = np.isfinite(lon) & np.isfinite(lat)
+            if tr is not None and ok.any():
+                lon, lat = lon.copy(), lat.copy()
+                lon[ok], lat[ok] = tr.transform(lon[ok], lat[ok])
+            codes = hy.classify(lon, lat, lon_codes, lat_codes)
+            codes[(codes == hy.OK) & ~(np.isfinite(lon) & np.isfinite(lat))] = hy.OUT_OF_RANGE
+            return lon, lat, codes, raw
         return lon, lat, hy.classify(lon, lat, lon_codes, lat_codes), raw
 
     def _check_n_features(self, n: int, reset: bool) -> None:

@@ -45,39 +45,26 @@ class EvaluationResult:
 
 
 def read_table(path: str | Path, lon_col: str = "lon", lat_col: str = "lat") -> pd.DataFrame:
-    """Read a CSV, Parquet or GeoParquet table.
+    """Read a table with :func:`geoembed.io.tables.read_frame` (CSV, Parquet, GeoParquet, shapefile,
+    GeoPackage, GeoJSON, FlatGeobuf; the same formats and errors as ``enrich`` and ``inspect``). CSV
+    columns are text: :func:`validate_table` parses the columns the config names, naming bad rows.
 
-    For GeoParquet (or a .gpkg / .shp / .geojson vector file), when ``lon_col`` / ``lat_col`` are not
-    columns they are filled from the geometry in EPSG:4326 (points as they are, other shapes by their
-    centroid computed in a local equal-area projection); the geometry column is dropped.
+    For a table with a geometry, when ``lon_col`` / ``lat_col`` are not columns they are filled from the
+    geometry in EPSG:4326 (points as they are, other shapes by their centroid computed in a local
+    equal-area projection); the geometry column is dropped.
     """
+    from geoembed.io.tables import read_frame
+
     p = Path(path)
     if not p.is_file():
         raise InputError(f"evaluate.table: {p} does not exist")
-    name = p.name.lower()
-    suffix = p.suffix.lower()
     try:
-        if suffix in (".csv", ".txt") or name.endswith(".csv.gz"):
-            return pd.read_csv(p)
-        if suffix in (".parquet", ".geoparquet", ".pq"):
-            import pyarrow.parquet as pq
-
-            meta = pq.read_schema(p).metadata or {}
-            if b"geo" not in meta:
-                return pd.read_parquet(p)
-            import geopandas as gpd
-
-            return _with_lonlat(gpd.read_parquet(p), lon_col, lat_col)
-        if suffix in (".gpkg", ".shp", ".geojson", ".fgb"):
-            import geopandas as gpd
-
-            return _with_lonlat(gpd.read_file(p), lon_col, lat_col)
-    except InputError:
-        raise
-    except Exception as err:
-        raise InputError(f"evaluate.table: cannot read {p}: {err}") from None
-    raise InputError(f"evaluate.table: {p} has an unsupported extension {suffix!r} "
-                     "(use .csv, .parquet/GeoParquet, .gpkg, .shp or .geojson)")
+        table = read_frame(p)
+    except InputError as err:
+        raise InputError(f"evaluate.table: {err}") from None
+    if hasattr(getattr(table, "geometry", None), "crs"):  # a GeoDataFrame (not a column named geometry)
+        return _with_lonlat(table, lon_col, lat_col)
+    return table
 
 
 def _with_lonlat(gdf, lon_col: str, lat_col: str) -> pd.DataFrame:
@@ -160,13 +147,10 @@ def embed(table: pd.DataFrame, embedder, prefix: str = "emb_") -> pd.DataFrame:
 
 
 def _check_numeric(table: pd.DataFrame, col: str, what: str) -> np.ndarray:
-    s = table[col]
-    v = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float)
-    bad = np.flatnonzero(~np.isfinite(v))
-    if len(bad):
-        raise InputError(f"{what} column {col!r} has missing or non-numeric values in rows "
-                         f"{_rows(table, ~np.isfinite(v))}")
-    return v
+    """The column as float64 (CSV text parsed); InputError naming the first bad rows and their values."""
+    from geoembed.io.tables import numeric_column
+
+    return numeric_column(table[col], col, what, "evaluate.table")
 
 
 def _rows(table: pd.DataFrame, mask: np.ndarray) -> str:
@@ -215,9 +199,23 @@ def validate_table(table: pd.DataFrame, cfg: EvaluateConfig, needs_coords: bool)
         lon = _check_numeric(table, cfg.lon_col, "longitude")
         lat = _check_numeric(table, cfg.lat_col, "latitude")
         bad = (np.abs(lon) > 180) | (np.abs(lat) > 90)
+        _check_projected(lon, lat, cfg)
         if bad.any():
             raise InputError(f"coordinates out of range (lon in [-180, 180], lat in [-90, 90]; "
                              f"columns {cfg.lon_col!r}/{cfg.lat_col!r}) in rows {_rows(table, bad)}")
+
+
+def _check_projected(lon: np.ndarray, lat: np.ndarray, cfg: EvaluateConfig) -> None:
+    """InputError when most coordinates look like projected metres rather than degrees."""
+    from geoembed.io.tables import projected_like, projected_message
+
+    like = np.flatnonzero(projected_like(lon, lat))
+    if len(like) and len(like) >= 0.5 * len(lon):
+        how = ("Give the table its CRS: store it as GeoParquet or GeoPackage with a point geometry in that CRS "
+               "(e.g. geopandas: gpd.GeoDataFrame(df, geometry=gpd.points_from_xy(df.x, df.y), "
+               "crs='EPSG:XXXX').to_parquet(...)); evaluate then reads lon/lat from the geometry.")
+        raise InputError(projected_message("evaluate.table", cfg.lon_col, cfg.lat_col, len(like), len(lon),
+                                           (float(lon[like[0]]), float(lat[like[0]])), how))
 
 
 def make_estimator(model: str, features: str, cfg: EvaluateConfig, emb_cols: list[str]):
@@ -298,14 +296,15 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
     validate_table(table, cfg, needs_coords)
     num = [cfg.target, *([cfg.exposure] if cfg.exposure else []), *cfg.covariates,
            *([cfg.lon_col, cfg.lat_col] if needs_coords else [])]
-    table = table.assign(**{c: pd.to_numeric(table[c]).astype(float) for c in dict.fromkeys(num)})
+    table = table.assign(**{c: _check_numeric(table, c, "numeric") for c in dict.fromkeys(num)})
     fingerprint = None
     if embedder is not None and uses_emb:
         emb = embed(table, embedder, cfg.embedding_prefix)
         old = embedding_columns(table, cfg.embedding_prefix)
         if old:
             same = list(old) == list(emb.columns) and np.allclose(
-                table[old].to_numpy(float), emb.to_numpy(float), rtol=1e-5, atol=1e-6, equal_nan=True)
+                table[old].apply(pd.to_numeric, errors="coerce").to_numpy(float), emb.to_numpy(float),
+                rtol=1e-5, atol=1e-6, equal_nan=True)
             if same:
                 log.info("the table's %s* columns equal the bundle's embeddings", cfg.embedding_prefix)
             else:

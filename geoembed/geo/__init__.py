@@ -4,7 +4,8 @@ grid blocks, space-filling orders, H3 cells and disks, and distances to a traini
 Every stage calls these; nothing else in geoembed computes a projection, a block grid or a longitude arc.
 
 * :mod:`geoembed.geo.lon`: longitude wrapping, shortest covering arcs, geometries split at 180 degrees;
-* :mod:`geoembed.geo.project`: local transverse Mercator / UTM projections centred on a point set;
+* :mod:`geoembed.geo.project`: local transverse Mercator / UTM projections centred on a point set, and a
+  global equal-area projection;
 * :mod:`geoembed.geo.grid`: square grid blocks, Z-order and Hilbert orders, H3 cell ids and disks;
 * :mod:`geoembed.geo.footprint`: training footprints, great-circle and azimuthal distances, support index.
 """
@@ -19,13 +20,23 @@ from geoembed.geo.lon import (
     unwrap_lon,
     wrap_lon,
 )
-from geoembed.geo.project import local_crs, local_metric_crs, project_local, to_local_metres, utm_crs
+from geoembed.geo.project import (
+    EQUAL_AREA_PROJ,
+    equal_area_transformers,
+    local_crs,
+    local_metric_crs,
+    project_local,
+    to_local_metres,
+    utm_crs,
+)
 
 __all__ = [
+    "EQUAL_AREA_PROJ",
     "SupportIndex",
     "aeqd_km",
     "continuous_lon",
     "east_of_antimeridian",
+    "equal_area_transformers",
     "grid_blocks",
     "h3_cells",
     "h3_disks",

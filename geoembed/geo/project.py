@@ -1,4 +1,5 @@
-"""Local metric projections centred on a point set (pyproj), safe across the antimeridian."""
+"""Local metric projections centred on a point set (pyproj), safe across the antimeridian; a global
+equal-area projection for sampling uniformly in area."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ from pyproj import CRS, Transformer
 from geoembed.errors import InputError
 from geoembed.geo.lon import continuous_lon, wrap_lon
 
-__all__ = ["local_crs", "local_metric_crs", "project_local", "to_local_metres", "utm_crs"]
+__all__ = ["EQUAL_AREA_PROJ", "equal_area_transformers", "local_crs", "local_metric_crs", "project_local",
+           "to_local_metres", "utm_crs"]
+
+#: Lambert's cylindrical equal-area projection on the WGS84 ellipsoid (authalic: uniform in its plane is
+#: uniform in area on the Earth), without longitude wrapping (``+over``), so that a shape moved east of
+#: the antimeridian (longitudes up to 540) stays one piece. Independent of the data: a shape's projected
+#: coordinates never depend on which other shapes are projected with it.
+EQUAL_AREA_PROJ = "+proj=cea +lon_0=0 +lat_ts=0 +ellps=WGS84 +units=m +over +no_defs"
 
 
 def local_metric_crs(lon: float, lat: float) -> CRS:
@@ -48,3 +56,11 @@ def utm_crs(lon: np.ndarray, lat: np.ndarray) -> CRS:
     if not info:
         raise InputError(f"no UTM zone for the point extent centred at lon {cx}, lat {cy}")
     return CRS.from_epsg(int(info[0].code))
+
+
+def equal_area_transformers():
+    """(forward, inverse) pyproj Transformers between EPSG:4326 lon/lat and :data:`EQUAL_AREA_PROJ` metres
+    (longitudes are not wrapped either way: wrap the inverse's output with :func:`~geoembed.geo.wrap_lon`)."""
+    ea = CRS.from_proj4(EQUAL_AREA_PROJ)
+    return (Transformer.from_crs("EPSG:4326", ea, always_xy=True),
+            Transformer.from_crs(ea, "EPSG:4326", always_xy=True))

@@ -7,6 +7,14 @@ An enriched table holds every input row, in order, with every input column, plus
 * ``geoembed_support_km``: distance to the training footprint in km (0 inside),
 * ``geoembed_out_of_support``: ``geoembed_support_km > bundle.out_of_support_km``.
 
+A table of polygons (one embedding per polygon, the mean over points sampled in it) also has
+
+* ``geoembed_points``: the number of points averaged (with a positive weight, when weighted),
+* ``geoembed_out_of_support_share``: the (weighted) share of them beyond ``out_of_support_km``;
+
+there ``geoembed_support_km`` is the smallest distance of its points to the footprint, and
+``geoembed_out_of_support`` says that every point is beyond the threshold.
+
 Its format follows the file name (:func:`table_format`). A Parquet table keeps the run's metadata (package
 version, bundle fingerprint and path, input, column names, reduction; see :func:`table_metadata`) as JSON
 in the schema's key-value metadata under ``geoembed`` and the run's totals under ``geoembed.summary`` in
@@ -31,6 +39,9 @@ INVALID_COL = "geoembed_invalid"
 SUPPORT_COL = "geoembed_support_km"
 OOS_COL = "geoembed_out_of_support"
 QA_COLUMNS = (INVALID_COL, SUPPORT_COL, OOS_COL)
+POINTS_COL = "geoembed_points"
+SHARE_COL = "geoembed_out_of_support_share"
+POLYGON_COLUMNS = (POINTS_COL, SHARE_COL)
 META_KEY = b"geoembed"
 SUMMARY_KEY = b"geoembed.summary"
 SUMMARY_FILE = "_geoembed.json"
@@ -49,6 +60,18 @@ def table_format(path: str | os.PathLike) -> str:
         return "csv"
     raise InputError(f"{path}: unknown table format; use a .csv (optionally .gz/.bz2/.zst) or "
                      f".parquet/.geoparquet file, or a folder of .parquet parts")
+
+
+def created_utc() -> str:
+    """Now in UTC (ISO, seconds), or the time in ``SOURCE_DATE_EPOCH`` when set (the reproducible-builds
+    convention), so that two runs can give byte-identical files."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        try:
+            return _dt.datetime.fromtimestamp(int(epoch), _dt.UTC).isoformat(timespec="seconds")
+        except (ValueError, OverflowError):
+            raise InputError(f"SOURCE_DATE_EPOCH={epoch!r} is not a number of seconds") from None
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 def embedding_names(dim: int) -> list[str]:
@@ -72,7 +95,7 @@ def table_metadata(*, bundle, input_path: Path, input_format: str, coordinates: 
     ``reduction`` is the reduction's dict (or None), ``extra`` is merged in last."""
     return {
         "geoembed_version": __version__,
-        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "created_utc": created_utc(),
         "bundle": bundle_info(bundle),
         "input": {"path": str(Path(input_path).resolve()), "format": input_format, **coordinates},
         "coordinate_order": ["lon", "lat"],

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from geoembed.errors import InputError
-from geoembed.io.atomic import atomic_path, atomic_write_json
+from geoembed.io.atomic import atomic_path, atomic_write_json, remove_stale_temps
 
 SCHEMA_VERSION = 1
 RESERVED = ("location_id", "valid", "valid_fraction")
@@ -231,13 +231,17 @@ class ViewStore:
         _whole(g["valid"])[start:stop] = valid
         _whole(g["valid_fraction"])[start:stop] = np.asarray(valid_fraction, dtype=np.float32)
         atomic_write_json(self.path / "_chunks" / f"{i}.json",
-                          {"rows": [start, stop], "n_valid": int(valid.sum()), "moments": moments})
+                          {"rows": [start, stop], "n_valid": int(valid.sum()), "moments": moments},
+                          clean=False)  # one sweep in finalize(), not a listing of _chunks per chunk
 
     def finalize(self) -> ViewStore:
         """Aggregate stats, write index.parquet and mark the store complete (idempotent)."""
         pending = self.pending_chunks()
         if pending:
             raise RuntimeError(f"view store {self.path}: {len(pending)} chunks still missing")
+        # Every chunk is done: temporaries left in the store by a killed run are stale whatever their process.
+        remove_stale_temps(self.path / "_chunks", any_pid=True)
+        remove_stale_temps(self.path, any_pid=True)
         parts = [json.loads((self.path / "_chunks" / f"{i}.json").read_text()) for i in range(self.n_chunks)]
         stats = {name: _combine_moments([p["moments"][name] for p in parts]) for name in self.meta["arrays"]}
         g = self._group("r")
