@@ -14,6 +14,7 @@ from geoembed.config.evaluate import EvaluateConfig
 from geoembed.errors import ConfigError, GeoembedError, InputError
 from geoembed.evaluate import metrics as M
 from geoembed.evaluate.models import GAMRegressor, GBMRegressor, GLMRegressor, ModelFitError, null_predict
+from geoembed.evaluate.pca import EmbeddingPCA, final_estimator, pca_names
 from geoembed.evaluate.splits import assign_folds, inner_folds
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,96 @@ def make_embedder(cfg: EvaluateConfig):
     return LocationEmbedder(bundle=cfg.bundle, lon_col=cfg.lon_col, lat_col=cfg.lat_col)
 
 
+OOS_COL = "geoembed_out_of_support"  # the QA column of `geoembed enrich` (geoembed.io.enriched.OOS_COL)
+
+
+def _embedder_bundle(embedder):
+    """The loaded bundle behind an embedder (a ``LocationEmbedder``'s ``bundle``), else None."""
+    b = getattr(embedder, "bundle", None)
+    if b is not None and hasattr(b, "distance_to_footprint_km") and hasattr(b, "out_of_support_km"):
+        return b
+    if isinstance(b, str | Path) and (Path(b) / "geoembed.json").is_file():
+        from geoembed.enrich.enricher import load_bundle_cached
+
+        return load_bundle_cached(b)
+    return None
+
+
+def support_summary(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None) -> dict | None:
+    """How many rows lie out of the bundle's support, or None when nothing tells.
+
+    With an embedder backed by a bundle: rows farther than the bundle's ``out_of_support_km`` from its
+    training footprint. Otherwise the table's ``geoembed_out_of_support`` column written by
+    ``geoembed enrich`` (true counts; null rows are not counted). Returns ``rows``, ``out_of_support``,
+    ``share``, ``threshold_km`` (None from the column), ``source``, ``max_share`` and ``over_limit``.
+    """
+    bundle = _embedder_bundle(embedder) if embedder is not None else None
+    n = len(table)
+    if bundle is not None:
+        lon = pd.to_numeric(table[cfg.lon_col], errors="coerce").to_numpy(float)
+        lat = pd.to_numeric(table[cfg.lat_col], errors="coerce").to_numpy(float)
+        dist = bundle.distance_to_footprint_km(lon, lat)
+        thr = float(bundle.out_of_support_km)
+        k = int(np.count_nonzero(np.nan_to_num(dist, nan=0.0) > thr))
+        where = getattr(embedder, "bundle", None)
+        source = f"bundle {where if isinstance(where, str | Path) else cfg.bundle or 'given'}"
+    elif OOS_COL in table.columns:
+        k, thr, source = int(_flags(table[OOS_COL]).sum()), None, f"column {OOS_COL}"
+    else:
+        return None
+    share = k / n if n else 0.0
+    return {"rows": n, "out_of_support": k, "share": share, "threshold_km": thr, "source": source,
+            "max_share": cfg.max_out_of_support_share, "over_limit": share > cfg.max_out_of_support_share}
+
+
+def _flags(col: pd.Series) -> np.ndarray:
+    """A true/false column (bool, nullable boolean, 0/1, or CSV text ``True``/``False``) as a bool array;
+    null rows are false."""
+    if col.dtype == bool:
+        return col.to_numpy()
+    text = col.astype("string").str.strip().str.lower()
+    return text.isin(["true", "1", "1.0"]).fillna(False).to_numpy(dtype=bool)
+
+
+def check_support(summary: dict | None, cfg: EvaluateConfig) -> None:
+    """InputError when more than ``max_out_of_support_share`` of the rows are out of support, unless allowed."""
+    if summary is None or not summary["over_limit"]:
+        return
+    far = (f"more than {summary['threshold_km']:g} km outside the bundle's training footprint"
+           if summary["threshold_km"] is not None else f"out of the bundle's support ({summary['source']})")
+    msg = (f"{summary['out_of_support']} of {summary['rows']} rows ({summary['share']:.1%}) of table "
+           f"{cfg.table or '(given DataFrame)'} lie {far} (bundle {cfg.bundle or 'of the enriched table'}); "
+           f"evaluate.max_out_of_support_share is {cfg.max_out_of_support_share:g}")
+    if not cfg.allow_out_of_support:
+        raise InputError(f"{msg}. Their embeddings are extrapolations, so the comparison would not measure the "
+                         "bundle. Use a bundle that covers the table, or go on with --allow-out-of-support "
+                         "(evaluate.allow_out_of_support: true)")
+    log.warning("%s; going on (allow_out_of_support)", msg)
+
+
+def feature_label(features: str, cfg: EvaluateConfig) -> str:
+    """How the report names a feature set: ``covariates``, ``covariates + coords``, ... (``exposure only``,
+    ``coords``, ... without rating factors)."""
+    has_cov = bool(cfg.covariates or cfg.categorical)
+    if features == "none":
+        return "covariates" if has_cov else "exposure only"
+    spatial = {"coords": "coords", "embeddings": "embeddings", "both": "coords + embeddings"}[features]
+    return f"covariates + {spatial}" if has_cov else spatial
+
+
+def add_lift(records: list[dict]) -> None:
+    """Add to each record its lift over the covariates-only model (feature set ``none``) of the same model
+    and fold: ``vs_covariates`` (deviance / covariates-only deviance) and ``gain_vs_covariates``
+    (covariates-only deviance ratio minus this one; positive when the spatial features help)."""
+    base = {(r["model"], str(r["fold"])): r for r in records if r["features"] == "none"}
+    for r in records:
+        b = base.get((r["model"], str(r["fold"])))
+        if b is None:
+            continue
+        r["vs_covariates"] = float(r["deviance"] / b["deviance"]) if b["deviance"] > 0 else float("nan")
+        r["gain_vs_covariates"] = float(b["deviance_ratio"] - r["deviance_ratio"])
+
+
 def _is_fitted(obj) -> bool:
     """scikit-learn's convention: ``__sklearn_is_fitted__()``, else any public attribute ending in '_'."""
     probe = getattr(obj, "__sklearn_is_fitted__", None)
@@ -226,9 +317,20 @@ def make_estimator(model: str, features: str, cfg: EvaluateConfig, emb_cols: lis
     Base covariates (linear) and categoricals always enter; ``coords`` adds lon/lat (linear in the GLM, a
     tensor smooth in the GAM, split features in the GBM), ``embeddings`` the embedding columns (linear,
     one smooth each, split features); ``both`` adds both. Exposure is the config's exposure column.
+    With ``cfg.components`` the embedding columns are replaced by that many principal components: a
+    ``Pipeline`` of :class:`EmbeddingPCA` (fitted on the rows the pipeline is fitted on) and the model.
     """
-    coords = [cfg.lon_col, cfg.lat_col] if features in ("coords", "both") else []
     embs = list(emb_cols) if features in ("embeddings", "both") else []
+    if cfg.components is not None and embs:
+        from sklearn.pipeline import Pipeline
+
+        pca = EmbeddingPCA(columns=embs, n_components=cfg.components, whiten=cfg.whiten)
+        return Pipeline([("pca", pca), ("model", _estimator(model, features, cfg, pca_names(cfg.components)))])
+    return _estimator(model, features, cfg, embs)
+
+
+def _estimator(model: str, features: str, cfg: EvaluateConfig, embs: list[str]):
+    coords = [cfg.lon_col, cfg.lat_col] if features in ("coords", "both") else []
     common = {"family": cfg.family, "power": cfg.tweedie_power, "exposure": cfg.exposure,
               "categorical": list(cfg.categorical), "handle_unknown": cfg.unknown_categories}
     cov = list(cfg.covariates)
@@ -258,8 +360,9 @@ def with_inner_folds(estimator, inner: np.ndarray):
     from sklearn.model_selection import PredefinedSplit
 
     est = clone(estimator)
-    if "inner_cv" in est.get_params():
-        est.set_params(inner_cv=PredefinedSplit(inner))
+    keys = [k for k in est.get_params() if k == "inner_cv" or k.endswith("__inner_cv")]
+    if keys:
+        est.set_params(**{k: PredefinedSplit(inner) for k in keys})
     return est
 
 
@@ -300,6 +403,8 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
            *([cfg.lon_col, cfg.lat_col] if needs_coords else [])]
     table = table.assign(**{c: pd.to_numeric(table[c]).astype(float) for c in dict.fromkeys(num)})
     fingerprint = None
+    support = support_summary(table, cfg, embedder if uses_emb else None) if uses_emb else None
+    check_support(support, cfg)
     if embedder is not None and uses_emb:
         emb = embed(table, embedder, cfg.embedding_prefix)
         old = embedding_columns(table, cfg.embedding_prefix)
@@ -376,8 +481,9 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
                 rec = {"model": m, "features": f, "split": label, "fold": int(f_id),
                        **M.score(y[te], mu, mu0, cfg.family, cfg.tweedie_power, e_te),
                        "n_train": int(len(tr)), "n_test": int(len(te)),
-                       "family": cfg.family, "link": model.link_,
-                       "fit_seconds": round(time.perf_counter() - ts, 3), "info": dict(model.info_)}
+                       "family": cfg.family, "link": final_estimator(model).link_,
+                       "fit_seconds": round(time.perf_counter() - ts, 3),
+                       "info": dict(final_estimator(model).info_)}
                 records.append(rec)
                 bar.update(1)
     bar.close()
@@ -398,16 +504,20 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
                "deviance_ratio_folds_sd": float(np.std([r["deviance_ratio"] for r in fold_recs]))}
         records.append(rec)
     preds["null"] = oof_null
+    add_lift(records)
     for r in records:
         r["n_folds"] = len(fold_ids)
         if fingerprint:
             r["bundle_fingerprint"] = fingerprint
+        if support is not None:
+            r["n_out_of_support"] = support["out_of_support"]
+            r["out_of_support_share"] = support["share"]
     recs = pd.DataFrame.from_records(records)
     log.info("evaluated %d model x feature combinations on %d folds in %.1f s", len(combos), len(fold_ids),
              time.perf_counter() - t0)
     return EvaluationResult(records=recs, predictions=preds, table=table, folds=fold, blocks=blocks,
                             embedding_columns=emb_cols, bundle_fingerprint=fingerprint,
-                            info={"seconds": time.perf_counter() - t0, "split": label})
+                            info={"seconds": time.perf_counter() - t0, "split": label, "support": support})
 
 
 def evaluate(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None, progress: bool = False) -> pd.DataFrame:
