@@ -112,10 +112,10 @@ def _support_lines(support: dict | None) -> tuple[list[str], list[str]]:
     """(warning lines for the top of report.md, a setup line) for the out-of-support summary."""
     if support is None:
         return [], []
-    far = (f"more than {support['threshold_km']:g} km from the training footprint"
-           if support["threshold_km"] is not None else f"flagged by {support['source']}")
+    far = (f"more than {support['threshold_km']:g} km from the training footprint; "
+           if support["threshold_km"] is not None else "flagged in ")
     line = (f"- out of the bundle's support: {support['out_of_support']} of {support['rows']} rows "
-            f"({support['share']:.1%}; {far}; {support['source']})")
+            f"({support['share']:.1%}; {far}{support['source']})")
     warn = []
     if support["over_limit"]:
         warn = [f"> **Warning: {support['share']:.1%} of the rows ({support['out_of_support']} of "
