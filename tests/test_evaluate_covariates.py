@@ -85,6 +85,12 @@ def test_lift_over_covariates_alone(tmp_path):
     assert "## Lift over covariates alone" in md and "| glm | covariates + embeddings |" in md
     recs = json.loads((out / "evaluation.json").read_text())
     assert all("vs_covariates" in x for x in recs)
+    # without the covariates-only model there is no lift, and the report says how to get it
+    cfg = cfg.model_copy(update={"features": ["coords"], "models": ["glm"]})
+    res = run_evaluation(t, cfg)
+    assert "vs_covariates" not in res.records
+    md = (write_report(res, tmp_path / "rep2", cfg=cfg, figures=False) / "report.md").read_text()
+    assert "Lift over" not in md and "no lift over covariates alone: add `none`" in md
 
 
 # ---------------------------------------------------------------------------------------------- PCA in folds
@@ -112,7 +118,7 @@ def test_pca_is_fitted_inside_each_training_fold():
         mu = est.predict(res.table.iloc[p["row"].to_numpy()[te]])
         np.testing.assert_allclose(p.loc[te, "glm:embeddings"].to_numpy(), mu, rtol=1e-10)
     info = res.records.iloc[0]["info"]
-    assert isinstance(info, dict)
+    assert 0 < info["pca_explained_variance_ratio"] <= 1
 
 
 def test_pca_needs_enough_columns():

@@ -14,7 +14,7 @@ from geoembed.config.evaluate import EvaluateConfig
 from geoembed.errors import ConfigError, GeoembedError, InputError
 from geoembed.evaluate import metrics as M
 from geoembed.evaluate.models import GAMRegressor, GBMRegressor, GLMRegressor, ModelFitError, null_predict
-from geoembed.evaluate.pca import EmbeddingPCA, final_estimator, pca_names
+from geoembed.evaluate.pca import EmbeddingPCA, final_estimator, fit_info, pca_names
 from geoembed.evaluate.splits import assign_folds, inner_folds
 
 log = logging.getLogger(__name__)
@@ -483,7 +483,7 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
                        "n_train": int(len(tr)), "n_test": int(len(te)),
                        "family": cfg.family, "link": final_estimator(model).link_,
                        "fit_seconds": round(time.perf_counter() - ts, 3),
-                       "info": dict(final_estimator(model).info_)}
+                       "info": fit_info(model)}
                 records.append(rec)
                 bar.update(1)
     bar.close()

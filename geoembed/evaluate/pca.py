@@ -69,3 +69,12 @@ def final_estimator(model):
     """The model itself, or the last step of a ``Pipeline`` (for ``link_`` and ``info_``)."""
     steps = getattr(model, "steps", None)
     return steps[-1][1] if steps else model
+
+
+def fit_info(model) -> dict:
+    """The fitted model's ``info_``, plus the PCA's explained variance share when a PCA step is present."""
+    info = dict(final_estimator(model).info_)
+    steps = dict(getattr(model, "steps", []))
+    if "pca" in steps:
+        info["pca_explained_variance_ratio"] = float(steps["pca"].pca_.explained_variance_ratio_.sum())
+    return info

@@ -161,6 +161,9 @@ def render_markdown(records: pd.DataFrame, cfg: EvaluateConfig | None = None, fi
                                           strict=True)]
     lines += [markdown_table(summ), ""]
     lift = lift_table(records, cfg)
+    if lift is None and cfg is not None and (cfg.covariates or cfg.categorical) and "none" not in cfg.features:
+        notes = [*notes, "no lift over covariates alone: add `none` (the covariates-only model) to "
+                 "evaluate.features"]
     if lift is not None:
         lines += ["## Lift over covariates alone", "",
                   "Each spatial feature set against the same model on the base rating factors alone (feature "
