@@ -10,6 +10,10 @@ A minimal section::
       features: [none, coords, embeddings]
       models: [glm, gam, gbm]
       split: {kind: spatial_block, n_folds: 5, block_method: grid, block_size_m: 2000}
+
+Rating factors enter every model (``covariates`` numeric, ``categorical`` levels; or in one key
+``covariates: {numeric: [...], categorical: [...]}``), so feature set ``none`` is the covariates-only model
+that the spatial feature sets are measured against.
 """
 
 from __future__ import annotations
@@ -159,7 +163,13 @@ class EvaluateConfig(Section):
     """What ``geoembed evaluate`` compares: models x spatial feature sets under one split scheme.
 
     ``table`` is required by the command; library calls that pass a DataFrame may leave it unset.
-    ``output`` is the report folder (default ``<workdir>/evaluation``). ``unknown_categories``: a level of a
+    ``output`` is the report folder (default ``<workdir>/evaluation``). ``covariates`` (numeric) and
+    ``categorical`` are the base rating factors, in every model; ``covariates`` may also be given as
+    ``{numeric: [...], categorical: [...]}``. ``components``: a PCA of the embedding columns to that many
+    components (``whiten``: unit variance), fitted on each training fold only. Rows farther than the bundle's
+    ``out_of_support_km`` from its footprint (or flagged ``geoembed_out_of_support`` by enrich) are counted;
+    when their share exceeds ``max_out_of_support_share`` the run stops unless ``allow_out_of_support``.
+    ``unknown_categories``: a level of a
     ``categorical`` column that a test fold has but its training rows lack is priced as the column's most
     frequent training level, with a warning naming it (``most_frequent``), or stops the run (``error``).
     """
@@ -179,6 +189,10 @@ class EvaluateConfig(Section):
     unknown_categories: Literal["error", "most_frequent"] = "most_frequent"
     embedding_prefix: str = "emb_"
     bundle: str | None = None
+    components: int | None = Field(None, ge=1)
+    whiten: bool = False
+    max_out_of_support_share: float = Field(0.5, ge=0, le=1)
+    allow_out_of_support: bool = False
     output: str | None = None
     split: SplitConfig = Field(default_factory=SplitConfig)
     glm: GLMConfig = Field(default_factory=GLMConfig)
@@ -189,8 +203,28 @@ class EvaluateConfig(Section):
     grid_size: int = Field(80, ge=10, le=400)
     seed: int = 0
 
+    @model_validator(mode="before")
+    @classmethod
+    def _covariate_roles(cls, data):
+        """``covariates: {numeric: [...], categorical: [...]}`` -> ``covariates`` + ``categorical``."""
+        if not isinstance(data, dict) or not isinstance(data.get("covariates"), dict):
+            return data
+        roles = dict(data["covariates"])
+        unknown = sorted(set(roles) - {"numeric", "categorical"})
+        if unknown:
+            raise ValueError(f"evaluate.covariates: unknown key(s) {unknown}; use numeric and categorical")
+        if roles.get("categorical") and data.get("categorical"):
+            raise ValueError("give categorical rating factors either in evaluate.covariates.categorical or in "
+                             "evaluate.categorical, not both")
+        out = {**data, "covariates": roles.get("numeric") or []}
+        if roles.get("categorical"):
+            out["categorical"] = roles["categorical"]
+        return out
+
     @model_validator(mode="after")
     def _check(self) -> EvaluateConfig:
+        if self.whiten and self.components is None:
+            raise ValueError("evaluate.whiten needs evaluate.components (the number of PCA components)")
         allowed = FAMILY_LINKS[self.family]
         if self.link is not None and self.link not in allowed:
             raise ValueError(f"evaluate.link {self.link!r} is not supported with evaluate.family "

@@ -46,7 +46,8 @@ from geoembed.evaluate.models import (
     ModelFitError,
     null_predict,
 )
-from geoembed.evaluate.report import markdown_table, write_report
+from geoembed.evaluate.pca import EmbeddingPCA
+from geoembed.evaluate.report import lift_table, markdown_table, write_report
 from geoembed.evaluate.splits import (
     LeaveRegionOut,
     SpatialBlockKFold,
@@ -63,12 +64,13 @@ from geoembed.evaluate.splits import (
     random_folds,
     region_folds,
 )
+from geoembed.evaluate.support import support_summary
 
 __all__ = [
-    "EvaluationResult", "GAMRegressor", "GBMRegressor", "GLMRegressor", "LeaveRegionOut", "ModelFitError",
+    "EmbeddingPCA", "EvaluationResult", "GAMRegressor", "GBMRegressor", "GLMRegressor", "LeaveRegionOut", "ModelFitError",
     "SpatialBlockKFold", "actual_expected_by_decile", "assign_folds", "bbox_folds", "blocks_to_folds",
     "decile_index", "deviance", "deviance_scorer", "embed", "embedding_columns", "evaluate", "fold_ids", "gini",
-    "grid_blocks", "h3_blocks", "inner_folds", "kmeans_blocks", "lorenz_curve", "mae", "make_estimator",
+    "grid_blocks", "h3_blocks", "inner_folds", "kmeans_blocks", "lift_table", "lorenz_curve", "mae", "make_estimator",
     "make_splitter", "markdown_table", "mean_deviance", "null_predict", "polygon_folds", "random_folds",
-    "read_table", "region_folds", "rmse", "run_evaluation", "summary_table", "unit_deviance", "write_report",
+    "read_table", "region_folds", "rmse", "run_evaluation", "summary_table", "support_summary", "unit_deviance", "write_report",
 ]

@@ -17,6 +17,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="report folder (default: evaluate.output, else <workdir>/evaluation)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--allow-out-of-support", action="store_true",
+                        help="go on when more than evaluate.max_out_of_support_share of the rows lie out of the "
+                             "bundle's support (the report then starts with a warning)")
 
 
 def report_dir(cfg, override: str | None = None) -> Path:
@@ -33,11 +36,13 @@ def run(args: argparse.Namespace) -> int:
     from geoembed.config import load_config
     from geoembed.errors import ConfigError
     from geoembed.evaluate.core import make_embedder, read_table, run_evaluation, summary_table
-    from geoembed.evaluate.report import markdown_table, write_report
+    from geoembed.evaluate.report import lift_table, markdown_table, write_report
 
     cfg = load_config(args.config)
     cfg.require("evaluate")
     ev = cfg.evaluate
+    if args.allow_out_of_support:
+        ev.allow_out_of_support = True
     if not ev.table:
         raise ConfigError(f"{args.config}: evaluate.table is required (a CSV, Parquet or GeoParquet file)")
     table = read_table(ev.table, ev.lon_col, ev.lat_col)
@@ -47,5 +52,9 @@ def run(args: argparse.Namespace) -> int:
     out = write_report(result, report_dir(cfg, args.output), cfg=ev, embedder=embedder,
                        figures=ev.figures and not args.no_figures)
     print(markdown_table(summary_table(result.records)))
+    lift = lift_table(result.records, ev)
+    if lift is not None:
+        print("\nlift over covariates alone (pooled):")
+        print(markdown_table(lift))
     print(f"\nreport written to {out} (evaluation.json, report.md, figures)")
     return 0

@@ -14,7 +14,9 @@ from geoembed.config.evaluate import EvaluateConfig
 from geoembed.errors import ConfigError, GeoembedError, InputError
 from geoembed.evaluate import metrics as M
 from geoembed.evaluate.models import GAMRegressor, GBMRegressor, GLMRegressor, ModelFitError, null_predict
+from geoembed.evaluate.pca import EmbeddingPCA, final_estimator, fit_info, pca_names
 from geoembed.evaluate.splits import assign_folds, inner_folds
+from geoembed.evaluate.support import check_support, support_summary
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,29 @@ def make_embedder(cfg: EvaluateConfig):
         raise ConfigError(f"evaluate.bundle is set but geoembed.enrich.LocationEmbedder is unavailable: {err}; "
                           "enrich the table first (emb_* columns) and drop evaluate.bundle") from None
     return LocationEmbedder(bundle=cfg.bundle, lon_col=cfg.lon_col, lat_col=cfg.lat_col)
+
+
+def feature_label(features: str, cfg: EvaluateConfig) -> str:
+    """How the report names a feature set: ``covariates``, ``covariates + coords``, ... (``exposure only``,
+    ``coords``, ... without rating factors)."""
+    has_cov = bool(cfg.covariates or cfg.categorical)
+    if features == "none":
+        return "covariates" if has_cov else "exposure only"
+    spatial = {"coords": "coords", "embeddings": "embeddings", "both": "coords + embeddings"}[features]
+    return f"covariates + {spatial}" if has_cov else spatial
+
+
+def add_lift(records: list[dict]) -> None:
+    """Add to each record its lift over the covariates-only model (feature set ``none``) of the same model
+    and fold: ``vs_covariates`` (deviance / covariates-only deviance) and ``gain_vs_covariates``
+    (covariates-only deviance ratio minus this one; positive when the spatial features help)."""
+    base = {(r["model"], str(r["fold"])): r for r in records if r["features"] == "none"}
+    for r in records:
+        b = base.get((r["model"], str(r["fold"])))
+        if b is None:
+            continue
+        r["vs_covariates"] = float(r["deviance"] / b["deviance"]) if b["deviance"] > 0 else float("nan")
+        r["gain_vs_covariates"] = float(b["deviance_ratio"] - r["deviance_ratio"])
 
 
 def _is_fitted(obj) -> bool:
@@ -224,9 +249,20 @@ def make_estimator(model: str, features: str, cfg: EvaluateConfig, emb_cols: lis
     Base covariates (linear) and categoricals always enter; ``coords`` adds lon/lat (linear in the GLM, a
     tensor smooth in the GAM, split features in the GBM), ``embeddings`` the embedding columns (linear,
     one smooth each, split features); ``both`` adds both. Exposure is the config's exposure column.
+    With ``cfg.components`` the embedding columns are replaced by that many principal components: a
+    ``Pipeline`` of :class:`EmbeddingPCA` (fitted on the rows the pipeline is fitted on) and the model.
     """
-    coords = [cfg.lon_col, cfg.lat_col] if features in ("coords", "both") else []
     embs = list(emb_cols) if features in ("embeddings", "both") else []
+    if cfg.components is not None and embs:
+        from sklearn.pipeline import Pipeline
+
+        pca = EmbeddingPCA(columns=embs, n_components=cfg.components, whiten=cfg.whiten)
+        return Pipeline([("pca", pca), ("model", _estimator(model, features, cfg, pca_names(cfg.components)))])
+    return _estimator(model, features, cfg, embs)
+
+
+def _estimator(model: str, features: str, cfg: EvaluateConfig, embs: list[str]):
+    coords = [cfg.lon_col, cfg.lat_col] if features in ("coords", "both") else []
     common = {"family": cfg.family, "power": cfg.tweedie_power, "exposure": cfg.exposure,
               "categorical": list(cfg.categorical), "handle_unknown": cfg.unknown_categories}
     cov = list(cfg.covariates)
@@ -256,8 +292,9 @@ def with_inner_folds(estimator, inner: np.ndarray):
     from sklearn.model_selection import PredefinedSplit
 
     est = clone(estimator)
-    if "inner_cv" in est.get_params():
-        est.set_params(inner_cv=PredefinedSplit(inner))
+    keys = [k for k in est.get_params() if k == "inner_cv" or k.endswith("__inner_cv")]
+    if keys:
+        est.set_params(**{k: PredefinedSplit(inner) for k in keys})
     return est
 
 
@@ -298,6 +335,8 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
            *([cfg.lon_col, cfg.lat_col] if needs_coords else [])]
     table = table.assign(**{c: _check_numeric(table, c, "numeric") for c in dict.fromkeys(num)})
     fingerprint = None
+    support = support_summary(table, cfg, embedder if uses_emb else None) if uses_emb else None
+    check_support(support, cfg)
     if embedder is not None and uses_emb:
         emb = embed(table, embedder, cfg.embedding_prefix)
         old = embedding_columns(table, cfg.embedding_prefix)
@@ -375,8 +414,9 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
                 rec = {"model": m, "features": f, "split": label, "fold": int(f_id),
                        **M.score(y[te], mu, mu0, cfg.family, cfg.tweedie_power, e_te),
                        "n_train": int(len(tr)), "n_test": int(len(te)),
-                       "family": cfg.family, "link": model.link_,
-                       "fit_seconds": round(time.perf_counter() - ts, 3), "info": dict(model.info_)}
+                       "family": cfg.family, "link": final_estimator(model).link_,
+                       "fit_seconds": round(time.perf_counter() - ts, 3),
+                       "info": fit_info(model)}
                 records.append(rec)
                 bar.update(1)
     bar.close()
@@ -397,16 +437,20 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
                "deviance_ratio_folds_sd": float(np.std([r["deviance_ratio"] for r in fold_recs]))}
         records.append(rec)
     preds["null"] = oof_null
+    add_lift(records)
     for r in records:
         r["n_folds"] = len(fold_ids)
         if fingerprint:
             r["bundle_fingerprint"] = fingerprint
+        if support is not None:
+            r["n_out_of_support"] = support["out_of_support"]
+            r["out_of_support_share"] = support["share"]
     recs = pd.DataFrame.from_records(records)
     log.info("evaluated %d model x feature combinations on %d folds in %.1f s", len(combos), len(fold_ids),
              time.perf_counter() - t0)
     return EvaluationResult(records=recs, predictions=preds, table=table, folds=fold, blocks=blocks,
                             embedding_columns=emb_cols, bundle_fingerprint=fingerprint,
-                            info={"seconds": time.perf_counter() - t0, "split": label})
+                            info={"seconds": time.perf_counter() - t0, "split": label, "support": support})
 
 
 def evaluate(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None, progress: bool = False) -> pd.DataFrame:

@@ -21,9 +21,17 @@ import numpy as np
 import pandas as pd
 
 from geoembed.config.evaluate import EvaluateConfig
-from geoembed.evaluate.core import EvaluationResult, embed, make_estimator, summary_table, with_inner_folds
+from geoembed.evaluate.core import (
+    EvaluationResult,
+    embed,
+    feature_label,
+    make_estimator,
+    summary_table,
+    with_inner_folds,
+)
 from geoembed.evaluate.metrics import actual_expected_by_decile
 from geoembed.evaluate.models import link_fn
+from geoembed.evaluate.pca import final_estimator
 from geoembed.evaluate.splits import inner_folds
 from geoembed.io.atomic import atomic_path
 
@@ -75,10 +83,56 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join([head, sep, *rows])
 
 
+def lift_table(records: pd.DataFrame, cfg: EvaluateConfig | None = None) -> pd.DataFrame | None:
+    """Pooled lift of each spatial feature set over covariates alone, per model (None without ``none``).
+
+    Columns: model, features (as labelled in the report), deviance_ratio, the covariates-only model's
+    ratio, ``vs covariates`` (deviance / covariates-only deviance) and ``gain`` (covariates-only ratio minus
+    this one), with the gain's fold mean ± sd.
+    """
+    if "vs_covariates" not in records:
+        return None
+    fold = records["fold"].astype(str)
+    pooled = records[(fold == "pooled") & (records["features"] != "none")]
+    if not len(pooled):
+        return None
+    base = records[(fold == "pooled") & (records["features"] == "none")].set_index("model")["deviance_ratio"]
+    per_fold = records[fold != "pooled"]
+    rows = []
+    for r in pooled.itertuples(index=False):
+        g = per_fold[(per_fold["model"] == r.model) & (per_fold["features"] == r.features)]["gain_vs_covariates"]
+        rows.append([r.model, feature_label(r.features, cfg) if cfg is not None else r.features,
+                     r.deviance_ratio, base.get(r.model, float("nan")), r.vs_covariates, r.gain_vs_covariates,
+                     f"{g.mean():.3f} ± {g.std(ddof=0):.3f}" if len(g) else "n/a"])
+    return pd.DataFrame(rows, columns=["model", "features", "deviance_ratio", "covariates only",
+                                       "vs covariates", "gain", "gain fold mean±sd"])
+
+
+def _support_lines(support: dict | None) -> tuple[list[str], list[str]]:
+    """(warning lines for the top of report.md, a setup line) for the out-of-support summary."""
+    if support is None:
+        return [], []
+    far = (f"more than {support['threshold_km']:g} km from the training footprint; "
+           if support["threshold_km"] is not None else "flagged in ")
+    line = (f"- out of the bundle's support: {support['out_of_support']} of {support['rows']} rows "
+            f"({support['share']:.1%}; {far}{support['source']})")
+    warn = []
+    if support["over_limit"]:
+        warn = [f"> **Warning: {support['share']:.1%} of the rows ({support['out_of_support']} of "
+                f"{support['rows']}) are out of the bundle's support** (limit "
+                f"{support['max_share']:.0%}, run with --allow-out-of-support). Their embeddings are "
+                "extrapolations: the embedding results below do not measure the bundle where it was trained.",
+                ""]
+    return warn, [line]
+
+
 def render_markdown(records: pd.DataFrame, cfg: EvaluateConfig | None = None, figures: list[str] = (),
                     notes: list[str] = (), result: EvaluationResult | None = None) -> str:
     """report.md: setup, the pooled comparison table, fold spread, A/E by decile, figures, notes."""
     lines = ["# geoembed evaluation", ""]
+    support = result.info.get("support") if result is not None else None
+    warn, support_line = _support_lines(support)
+    lines += warn
     if cfg is not None:
         lines += [f"- table: `{cfg.table}`", f"- target: `{cfg.target}`, family {cfg.family}, "
                   f"link {cfg.resolved_link}" + (f", tweedie power {cfg.tweedie_power}" if cfg.family == "tweedie"
@@ -91,6 +145,10 @@ def render_markdown(records: pd.DataFrame, cfg: EvaluateConfig | None = None, fi
         lines.append(f"- rows: {len(result.table)}, embedding columns: {len(result.embedding_columns)}")
         if result.bundle_fingerprint:
             lines.append(f"- bundle fingerprint: `{result.bundle_fingerprint}`")
+        if cfg is not None and cfg.components is not None and result.embedding_columns:
+            lines.append(f"- embeddings reduced to {cfg.components} principal components"
+                         f"{' (whitened)' if cfg.whiten else ''}, fitted on each training fold")
+    lines += support_line
     lines += ["", "## Pooled out-of-fold comparison", "",
               "deviance_ratio = held-out deviance / deviance of the exposure-only model (intercept + offset "
               "fitted on each training fold); below 1 is better than exposure alone. Gini from the "
@@ -102,6 +160,17 @@ def render_markdown(records: pd.DataFrame, cfg: EvaluateConfig | None = None, fi
                                       zip(pooled["deviance_ratio_folds_mean"], pooled["deviance_ratio_folds_sd"],
                                           strict=True)]
     lines += [markdown_table(summ), ""]
+    lift = lift_table(records, cfg)
+    if lift is None and cfg is not None and (cfg.covariates or cfg.categorical) and "none" not in cfg.features:
+        notes = [*notes, "no lift over covariates alone: add `none` (the covariates-only model) to "
+                 "evaluate.features"]
+    if lift is not None:
+        lines += ["## Lift over covariates alone", "",
+                  "Each spatial feature set against the same model on the base rating factors alone (feature "
+                  "set `none`: " + (feature_label("none", cfg) if cfg is not None else "covariates") + "), "
+                  "pooled out of fold: vs covariates = deviance / covariates-only deviance (below 1 is better); "
+                  "gain = covariates-only deviance ratio minus this one (above 0 is better).", "",
+                  markdown_table(lift), ""]
     if "ae_by_decile" in pooled:
         lines += ["## Actual / expected by predicted-rate decile (pooled)", ""]
         ae = pd.DataFrame([[f"{m}:{f}"] + [v if v is not None else float("nan") for v in d]
@@ -256,7 +325,7 @@ def figure_spatial_effect(result: EvaluationResult, cfg: EvaluateConfig, path: P
             model = with_inner_folds(make_estimator(m, f, cfg, result.embedding_columns), inner)
             model.fit(t, y)
             mu = model.predict(G)
-            eta = link_fn(model.link_, mu)
+            eta = link_fn(final_estimator(model).link_, mu)
             eta = np.where(np.isfinite(eta) & (valid if f == "embeddings" else True), eta, np.nan)
             fields[(m, f)] = (eta - np.nanmean(eta)).reshape(cfg.grid_size, cfg.grid_size)
     vals = np.concatenate([v.ravel() for v in fields.values()])
