@@ -561,6 +561,19 @@ def test_helsinki_end_to_end(tmp_path, helsinki_pbf):
     assert store.stats["radius"]["count"][0] == n - 1
 
 
+def test_osm_region_without_features_is_an_error(tmp_path, helsinki_pbf):
+    """Locations far from every feature of the extract: a clear error, as for a raster, and no store."""
+    rng = np.random.default_rng(0)
+    locs = make_locations(np.arange(20), rng.uniform(25.30, 25.31, 20), rng.uniform(60.30, 60.31, 20))
+    cfg = OsmViewConfig(name="osm", source=str(helsinki_pbf), radii_m=[250.0], max_distance_m=2000.0)
+    with pytest.raises(InputError, match=r"holds no features where the locations are: .*lon 24\.9"):
+        build_view_store(cfg, locs, tmp_path / "osm", dask_cfg=DaskConfig(chunk_size=50))
+    from geoembed.io.viewstore import ViewStore
+
+    if (tmp_path / "osm" / "meta.json").exists():  # the driver may have laid out the store: never complete
+        assert not ViewStore.open(tmp_path / "osm", require_complete=False).complete
+
+
 def test_osm_view_config_validation():
     from geoembed.config import parse_config
 

@@ -390,8 +390,16 @@ class OsmView(View):
         src, catalogue, crs = resolved.context
         cfg = self.cfg
         feats = read_osm_features(src, catalogue.keys, catalogue=catalogue)
-        return prepare_osm(feats, catalogue, crs, h3_resolution=cfg.h3_resolution, radii_m=cfg.radii_m,
+        prep = prepare_osm(feats, catalogue, crs, h3_resolution=cfg.h3_resolution, radii_m=cfg.radii_m,
                            max_distance_m=cfg.max_distance_m, token=text_fingerprint(resolved.inputs))
+        x, y = _to_metric(prep.crs_wkt, lon, lat)
+        if len(lon) and not shapely.intersects_xy(prep.hull, x, y).any():
+            w, s, e, n = (float(v) for v in feats.total_bounds)
+            raise InputError(f"OSM source {src} (view {cfg.name!r}) holds no features where the locations are: "
+                             f"its features cover lon {w:.4f}..{e:.4f}, lat {s:.4f}..{n:.4f}, the locations lie in "
+                             f"lon {np.min(lon):.4f}..{np.max(lon):.4f}, lat {np.min(lat):.4f}..{np.max(lat):.4f} "
+                             "(use an extract of the locations' region)")
+        return prep
 
     def compute_chunk(self, prepared: PreparedOsm, lon: np.ndarray, lat: np.ndarray) -> Chunk:
         tune_malloc()
