@@ -28,7 +28,7 @@ RESOLVED_CONFIG = "config.resolved.yaml"
 
 def coverage_sources(cfg: Config) -> list[str]:
     """Rasters a location must lie inside: configured, else every view's footprint sources (a raster
-    view's rasters)."""
+    view's rasters; a STAC raster view has none: the region alone says where locations go)."""
     assert cfg.locations is not None
     if cfg.locations.coverage:
         return list(cfg.locations.coverage)
@@ -42,7 +42,7 @@ def raster_options(cfg: Config) -> dict:
 
     out: dict = {}
     for v in cfg.views:
-        if isinstance(v, RasterViewConfig):
+        if isinstance(v, RasterViewConfig) and v.sources is not None:
             for k, src in enumerate(v.sources):
                 crs, nodata = v.crs[k] if v.crs else None, v.nodata[k] if v.nodata else None
                 if crs is not None or nodata is not None:

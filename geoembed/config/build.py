@@ -2,7 +2,8 @@
 
 Every view's settings are a :class:`ViewConfig` subclass; the one for a ``kind`` is found in the
 view-kind registry (:mod:`geoembed.views.registry`), so a new kind brings its own model. The built-in
-kinds' models (``raster``, ``osm``) are defined here.
+kinds' models (``raster``, ``osm``) are defined here; their remote-source blocks (``stac:``,
+``overpass:``) in :mod:`geoembed.config.sources`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pydantic import Field, PlainValidator, SerializeAsAny, ValidationError, mod
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from geoembed.config.base import Section
+from geoembed.config.sources import OverpassConfig, StacConfig
 
 
 class DaskConfig(Section):
@@ -146,14 +148,19 @@ class ViewConfig(Section):
 class RasterViewConfig(_OmitWhenUnset, ViewConfig):
     """Chips from one or more rasters, stacked band-wise, on a local metric grid centred on each location.
 
-    A source is a path or a GDAL dataset name (``NETCDF:"x.nc":t2m``, ``/vsizip/a.zip/b.tif``, a URL).
-    ``crs`` and ``nodata`` are per source (null = what the file declares)."""
+    Exactly one of ``sources`` and ``stac``. A source is a path or a GDAL dataset name
+    (``NETCDF:"x.nc":t2m``, ``/vsizip/a.zip/b.tif``, a URL); ``bands``, ``crs`` and ``nodata`` are per
+    source (null = what the file declares). ``stac`` searches a STAC catalogue for the items under the
+    locations' chips and composites their assets (one band each); it has no footprint of files, so it
+    does not restrict where locations are sampled (``locations.region`` decides)."""
 
-    _omit_when_none: ClassVar[tuple[str, ...]] = ("crs",)
+    _omit_when_none: ClassVar[tuple[str, ...]] = ("crs", "sources", "stac")
+    path_fields: ClassVar[tuple[str, ...]] = ("catalog",)  # stac.catalog (URLs are kept as they are)
 
     kind: Literal["raster"] = "raster"
     name: str
-    sources: list[str] = Field(min_length=1)
+    sources: list[str] | None = Field(default=None, min_length=1)
+    stac: StacConfig | None = Field(default=None, description="a STAC search instead of sources")
     bands: list[list[int] | None] | None = Field(
         default=None, description="per source: 1-based band indexes to use (null = all but an alpha band, which masks the others)"
     )
@@ -172,6 +179,15 @@ class RasterViewConfig(_OmitWhenUnset, ViewConfig):
 
     @model_validator(mode="after")
     def _lengths(self) -> RasterViewConfig:
+        if (self.sources is None) == (self.stac is None):
+            raise ValueError("give exactly one of sources (raster files) and stac (a STAC search), got "
+                             + ("both" if self.sources is not None else "neither"))
+        if self.stac is not None:
+            given = [k for k in ("bands", "nodata", "crs") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to sources, not to stac: a STAC view's bands are "
+                                 "stac.assets, its nodata stac.nodata, and each asset's CRS is its own")
+            return self
         for key in ("bands", "nodata", "crs"):
             val = getattr(self, key)
             if val is not None and len(val) != len(self.sources):
@@ -179,8 +195,9 @@ class RasterViewConfig(_OmitWhenUnset, ViewConfig):
         return self
 
     def footprint_sources(self) -> list[str]:
-        """Locations are kept on the sources' data (unless ``locations.coverage`` says)."""
-        return list(self.sources)
+        """Locations are kept on the sources' data (unless ``locations.coverage`` says); a STAC view
+        has no files to keep them on."""
+        return list(self.sources or [])
 
 
 class OsmViewConfig(ViewConfig):
