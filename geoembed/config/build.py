@@ -200,12 +200,24 @@ class RasterViewConfig(_OmitWhenUnset, ViewConfig):
         return list(self.sources or [])
 
 
-class OsmViewConfig(ViewConfig):
-    """Per-location OSM features: H3 hex tensor, radius aggregates and capped nearest distances."""
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+class OsmViewConfig(_OmitWhenUnset, ViewConfig):
+    """Per-location OSM features: H3 hex tensor, radius aggregates and capped nearest distances.
+
+    Exactly one of ``source`` (a local file, or an http(s) URL downloaded once into the cache and
+    checked against ``source_sha256`` when given) and ``overpass`` (the catalogue's tags over the
+    locations' extent from an Overpass API)."""
+
+    _omit_when_none: ClassVar[tuple[str, ...]] = ("source", "source_sha256", "overpass")
 
     kind: Literal["osm"] = "osm"
     name: str
-    source: str = Field(description=".osm.pbf, .osm XML, or GeoParquet of features")
+    source: str | None = Field(default=None, description=".osm.pbf, .osm XML, or GeoParquet of features; a path "
+                               "or an http(s) URL")
+    source_sha256: str | None = Field(default=None, description="sha256 of a downloaded source (hex)")
+    overpass: OverpassConfig | None = Field(default=None, description="an Overpass API instead of source")
     catalogue: str | None = Field(default=None, description="YAML tag-to-category catalogue (default built in)")
     h3_resolution: int = Field(default=9, ge=0, le=15, description="H3 resolution of the 7 x 7 hex tensor")
     radii_m: list[float] = Field(default_factory=lambda: [250.0, 1000.0], min_length=1,
@@ -214,6 +226,15 @@ class OsmViewConfig(ViewConfig):
 
     @model_validator(mode="after")
     def _radii(self) -> OsmViewConfig:
+        if (self.source is None) == (self.overpass is None):
+            raise ValueError("give exactly one of source (a file or an http(s) URL) and overpass (an Overpass "
+                             "API), got " + ("both" if self.source is not None else "neither"))
+        if self.source_sha256 is not None:
+            if self.source is None or not self.source.startswith(("http://", "https://")):
+                raise ValueError("source_sha256 applies to a source downloaded from an http(s) URL")
+            hexa = self.source_sha256.lower().removeprefix("sha256:")
+            if len(hexa) != 64 or not set(hexa) <= _SHA256_HEX:
+                raise ValueError(f"source_sha256 {self.source_sha256!r} is not 64 hexadecimal digits")
         if any(not (0 < r <= 100_000) for r in self.radii_m):
             raise ValueError(f"radii_m must be in (0, 100000] metres, got {self.radii_m}")
         if len(set(self.radii_m)) != len(self.radii_m):

@@ -10,7 +10,7 @@ Every stage calls these; nothing else in geoembed computes a projection, a block
 """
 
 from geoembed.geo.footprint import SupportIndex, aeqd_km, haversine_km, training_footprint
-from geoembed.geo.grid import grid_blocks, h3_cells, h3_disks, hilbert_order, morton_order
+from geoembed.geo.grid import grid_blocks, h3_cells, h3_disk_reach_m, h3_disks, hilbert_order, morton_order
 from geoembed.geo.lon import (
     continuous_lon,
     east_of_antimeridian,
@@ -28,6 +28,7 @@ __all__ = [
     "east_of_antimeridian",
     "grid_blocks",
     "h3_cells",
+    "h3_disk_reach_m",
     "h3_disks",
     "haversine_km",
     "hilbert_order",
