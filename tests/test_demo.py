@@ -23,7 +23,8 @@ def test_olinda_tracts_table():
 
 def test_demo_config_has_every_stage():
     cfg = load_config(DEMO_CONFIG)
-    cfg.require("locations", "views", "train", "evaluate")
+    cfg.require("locations", "views", "train", "enrich", "evaluate")
+    assert cfg.evaluate.table == cfg.enrich.output  # the run evaluates the table it enriched
     assert cfg.evaluate.exposure == "area_km2" and cfg.evaluate.family == "poisson"
     assert cfg.evaluate.split.kind == "spatial_block"
 
@@ -38,6 +39,8 @@ def test_run_demo_on_a_reduced_config(tmp_path, capsys):
     for v in d["views"]:
         v["sources"] = [str((root / s).resolve()) for s in v["sources"]]
     d["train"].update(epochs=2, max_minutes=1.0)
+    d["enrich"] = {"input": str(tmp_path / "run" / "tracts.parquet"),
+                   "output": str(tmp_path / "run" / "tracts_enriched.parquet")}
     d["evaluate"]["table"] = str(tmp_path / "run" / "tracts_enriched.parquet")
     d["evaluate"]["models"] = ["glm", "gbm"]
     d["evaluate"]["gbm"] = {"num_boost_round": 50, "early_stopping": False}
@@ -53,10 +56,17 @@ def test_run_demo_on_a_reduced_config(tmp_path, capsys):
                                                               ("gbm", "coords"), ("gbm", "embeddings")}
     assert all(np.isfinite(r["deviance_ratio"]) for r in pooled)
     assert (report / "report.md").exists() and list(report.glob("*.png"))
-    # A rerun reuses the build, the bundle and re-evaluates: nothing is rebuilt.
-    bundle_mtime = (Path(out["bundle"]) / "weights.safetensors").stat().st_mtime_ns
-    run_demo(load_config(cfg_path))
-    assert (Path(out["bundle"]) / "weights.safetensors").stat().st_mtime_ns == bundle_mtime
+    # A rerun is `geoembed run` with every stage up to date: nothing is redone, the table is printed again.
+    kept = [Path(out["bundle"]) / "weights.safetensors", tmp_path / "run" / "tracts.parquet",
+            tmp_path / "run" / "tracts_enriched.parquet", report / "evaluation.json"]
+    mtimes = [p.stat().st_mtime_ns for p in kept]
+    again = run_demo(load_config(cfg_path))
+    text = capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in kept] == mtimes
+    for stage in ("build", "train", "enrich", "evaluate"):
+        assert f"\n{stage}: up to date" in text
+    assert "deviance ratio" in text
+    assert [r["deviance_ratio"] for r in again["pooled"]] == pytest.approx([r["deviance_ratio"] for r in out["pooled"]])
 
 
 def _stale_then_ok(calls):
