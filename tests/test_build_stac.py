@@ -220,7 +220,7 @@ def test_bad_stac_inputs_are_one_clear_line_and_leave_no_store(tmp_path, scene, 
     cases = [
         (_stac(dead), [f"view s2: STAC catalogue {dead} cannot be read", "check stac.catalog"]),
         (_stac(catalog, datetime="2030-01-01/2030-02-01"), ["view s2: STAC catalogue", "no item in collections",
-                                                            "widen stac.datetime"]),
+                                                            "widen stac.datetime", "locations.region"]),
         (_stac(catalog, assets=["red", "swir16"]), ["view s2: STAC item", "has no asset swir16", "stac.assets"]),
         (_stac(str(tmp_path / "nowhere" / "catalog.json")), ["nowhere/catalog.json cannot be read"]),
     ]
@@ -230,6 +230,11 @@ def test_bad_stac_inputs_are_one_clear_line_and_leave_no_store(tmp_path, scene, 
         err = _one_error_line(capsys)
         assert all(w in err for w in words), err
         assert not store.exists()
+    # a catalogue that does not answer in time
+    srv.fail("/api/", ("hang", 30))
+    cfg = _write(tmp_path, [_view("s2", _stac(url, timeout_s=0.5))])
+    assert main(["build", "-c", str(cfg)]) == 1
+    assert f"view s2: STAC catalogue {url} cannot be read" in _one_error_line(capsys) and not store.exists()
     # an HTTP error of the search
     srv.fail("/api/search", ("status", 500))
     cfg = _write(tmp_path, [_view("s2", _stac(url))])

@@ -107,7 +107,9 @@ class RasterView(View):
             assets = prepare_stac(stac, lon, lat, chip_size=cfg.chip_size, resolution_m=cfg.resolution_m,
                                   chunk_rows=rows)
         except InputError as err:
-            raise InputError(f"view {cfg.name}: {err}") from None
+            hint = (" (a STAC view does not restrict where locations go: locations.region does)"
+                    if "no item in" in str(err) else "")
+            raise InputError(f"view {cfg.name}: {err}{hint}") from None
         attrs = {
             "view": cfg.name,
             "stac": {"catalog": stac.catalog, "collections": stac.collections, "datetime": stac.datetime,
