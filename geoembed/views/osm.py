@@ -370,8 +370,6 @@ class OsmView(View):
         cfg = self.cfg
         try:
             if cfg.overpass is not None:
-                import shapely
-
                 from geoembed.sources import extent_around, overpass_features
                 from geoembed.sources.extent import bbox_parts
 
