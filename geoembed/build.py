@@ -8,6 +8,7 @@ store killed mid-build is completed chunk by chunk, and a second rerun does noth
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ RESOLVED_CONFIG = "config.resolved.yaml"
 
 def coverage_sources(cfg: Config) -> list[str]:
     """Rasters a location must lie inside: configured, else every view's footprint sources (a raster
-    view's rasters)."""
+    view's rasters; a STAC raster view has none: the region alone says where locations go)."""
     assert cfg.locations is not None
     if cfg.locations.coverage:
         return list(cfg.locations.coverage)
@@ -42,7 +43,7 @@ def raster_options(cfg: Config) -> dict:
 
     out: dict = {}
     for v in cfg.views:
-        if isinstance(v, RasterViewConfig):
+        if isinstance(v, RasterViewConfig) and v.sources is not None:
             for k, src in enumerate(v.sources):
                 crs, nodata = v.crs[k] if v.crs else None, v.nodata[k] if v.nodata else None
                 if crs is not None or nodata is not None:
@@ -138,25 +139,42 @@ def build_view(cfg: Config, view: ViewConfig, overwrite: bool = False) -> ViewSt
     return build_view_store(view, locations, out_dir, dask_cfg=cfg.dask, overwrite=overwrite)
 
 
+def _store_state(path: Path) -> tuple[str | None, int]:
+    """(build fingerprint, finished chunks) of the view store at ``path`` (None, 0 when there is none)."""
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None, 0
+    return meta.get("build_fingerprint"), len(list((path / "_chunks").glob("*.json")))
+
+
 def build(cfg: Config, overwrite: bool = False, only: list[str] | None = None) -> dict:
-    """Run the build stage; returns a summary of what was produced."""
+    """Run the build stage; returns a summary of what was produced: per view its rows, valid rows,
+    arrays and ``computed_chunks`` (0: it was up to date), and whether the locations were
+    ``rebuilt``."""
     cfg.require("locations", "views")
     workdir = cfg.workdir_path
     workdir.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, workdir / RESOLVED_CONFIG)
     summary: dict = {"workdir": str(workdir)}
     t0 = time.perf_counter()
+    loc_file = workdir / LOCATIONS_FILE
+    before = loc_file.stat().st_mtime_ns if loc_file.exists() else None
     loc_path, loc_meta = build_locations(cfg, overwrite=overwrite)
     s = loc_meta["sampling"]
     summary["locations"] = {"path": str(loc_path), "kept": s["kept"],
-                            "excluded_no_coverage": s["excluded_no_coverage"], "blocks": loc_meta["n_blocks"]}
+                            "excluded_no_coverage": s["excluded_no_coverage"], "blocks": loc_meta["n_blocks"],
+                            "rebuilt": before != loc_path.stat().st_mtime_ns}
     summary["views"] = {}
     for view in cfg.views:
         if only and view.name not in only:
             continue
         t = time.perf_counter()
+        old_fp, old_done = _store_state(workdir / VIEWS_DIR / view.name)
         store = build_view(cfg, view, overwrite=overwrite)
+        resumed = old_fp == store.meta["build_fingerprint"] and not overwrite  # else built from scratch
         summary["views"][view.name] = {
+            "computed_chunks": store.n_chunks - (old_done if resumed else 0),
             "path": str(store.path), "kind": store.meta["kind"], "rows": store.n_rows,
             "valid": store.meta.get("n_valid"),
             "arrays": {k: list(v.shape) for k, v in store.arrays.items()},
@@ -171,11 +189,11 @@ def format_summary(summary: dict) -> str:
     loc = summary["locations"]
     lines = [f"workdir: {summary['workdir']}",
              f"locations: {loc['kept']} kept, {loc['excluded_no_coverage']} excluded (no coverage), "
-             f"{loc['blocks']} spatial blocks -> {loc['path']}"]
+             f"{loc['blocks']} spatial blocks -> {loc['path']}" + ("" if loc.get("rebuilt", True) else " (up to date)")]
     for name, v in summary["views"].items():
         arrays = ", ".join(f"{k} {tuple(s)}" for k, s in v["arrays"].items())
         lines.append(f"view {name} ({v['kind']}): {v['valid']} of {v['rows']} rows valid; {arrays} "
-                     f"[{v['seconds']} s] -> {v['path']}")
+                     f"[{v['seconds']} s] -> {v['path']}" + ("" if v.get("computed_chunks", 1) else " (up to date)"))
     lines.append(f"build finished in {summary['seconds']} s")
     return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Thin command line over the library: build | train | enrich | evaluate | demo | inspect | import.
+"""Thin command line over the library: build | train | enrich | evaluate | run | demo | inspect | import.
 
 Each subcommand lives in its stage's module as ``configure_parser(parser)`` and ``run(args) -> int``,
 imported lazily so that ``geoembed --help`` stays fast.
@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("geoembed.train", "train the multi-view contrastive model and write a bundle"),
     "enrich": ("geoembed.enrich", "add embedding columns to a table with coordinates"),
     "evaluate": ("geoembed.evaluate.command", "compare GLM/GAM/GBM risk models on coordinates and embeddings"),
+    "run": ("geoembed.run", "build, train, enrich and evaluate what a config names, each stage when not up to date"),
     "demo": ("geoembed.demo", "run the whole pipeline on the bundled Olinda kit"),
     "inspect": ("geoembed.inspect", "print what an artefact holds"),
     "import": ("geoembed.importers", "write a bundle from a GeoCLIP/SatCLIP encoder (or add a reduction to one)"),

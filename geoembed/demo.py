@@ -2,7 +2,8 @@
 
 sample -> build (Landsat + DEM chips) -> train -> enrich the 470 census-tract centroids -> evaluate
 resident counts (Poisson, exposure = tract area) with coordinates against embeddings under
-spatial-block cross-validation. Every step is resumable; a rerun reuses finished artefacts.
+spatial-block cross-validation. The demo writes the tracts table and runs ``geoembed run`` on
+``configs/demo.yaml``: every stage is resumable and skipped when up to date.
 """
 
 from __future__ import annotations
@@ -47,53 +48,45 @@ def olinda_tracts(path: str | Path = OLINDA_TRACTS) -> pd.DataFrame:
     })
 
 
-def _step(i: int, n: int, text: str) -> float:
-    print(f"[{i}/{n}] {text}", flush=True)
-    return time.perf_counter()
+def write_tracts_table(path: str | Path) -> Path:
+    """The tracts table (:func:`olinda_tracts`) as Parquet at ``path``, written atomically and only when
+    its content changed (an unchanged table keeps the enriched one up to date)."""
+    from geoembed.io.atomic import atomic_path
+
+    path = Path(path)
+    table = olinda_tracts()
+    if path.is_file():
+        try:
+            if pd.read_parquet(path).equals(table):
+                return path
+        except (OSError, ValueError):
+            pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, suffix=".parquet") as tmp:
+        table.to_parquet(tmp, index=False)
+    return path
 
 
 def run_demo(cfg: Config, overwrite: bool = False) -> dict:
-    """Run every stage of the demo config; returns the pooled evaluation records and paths."""
-    from geoembed.build import build, format_summary
-    from geoembed.enrich import enrich_file
-    from geoembed.evaluate.core import read_table, run_evaluation, summary_table
-    from geoembed.evaluate.report import markdown_table, write_report
-    from geoembed.train import train
+    """The demo: write the tracts table (``enrich.input``), then ``geoembed run`` on ``cfg``
+    (:func:`geoembed.run.run_pipeline`); prints each stage and the pooled table against the target.
+    Returns the report and bundle paths and the pooled evaluation records."""
+    from geoembed.run import run_pipeline
 
-    cfg.require("locations", "views", "train", "evaluate")
-    workdir = cfg.workdir_path
+    cfg.require("locations", "views", "train", "enrich", "evaluate")
     t_all = time.perf_counter()
-    t = _step(1, 4, "build: sample locations, cut Landsat and DEM chips")
-    print(format_summary(build(cfg, overwrite=overwrite)), flush=True)
-    print(f"[build: {time.perf_counter() - t:.0f} s]", flush=True)
-    t = _step(2, 4, "train: multi-view contrastive model (Landsat CNN + DEM CNN vs coordinate encoder)")
-    bundle = Path(train(cfg, overwrite=overwrite)["bundle"])
-    print(f"bundle: {bundle} [{time.perf_counter() - t:.0f} s]", flush=True)
-    t = _step(3, 4, "enrich: embeddings for the 470 census-tract centroids")
-    tracts_path = workdir / "olinda_tracts.parquet"
-    olinda_tracts().to_parquet(tracts_path, index=False)
-    enriched = Path(cfg.evaluate.table)
-    summary = enrich_file(bundle, tracts_path, enriched)
-    print(summary.line(), flush=True)
-    t = _step(4, 4, "evaluate: residents ~ Poisson(exposure = area), spatial-block CV")
-    ev = cfg.evaluate.model_copy(update={"bundle": str(bundle)})
-    table = read_table(enriched, ev.lon_col, ev.lat_col)
-    from geoembed.enrich import LocationEmbedder
-
-    embedder = LocationEmbedder(bundle=str(bundle), lon_col=ev.lon_col, lat_col=ev.lat_col)
-    result = run_evaluation(table, ev, embedder=embedder)
-    out = ev.output or str(workdir / "report")
-    report = write_report(result, out, cfg=ev, embedder=embedder, figures=ev.figures)
-    pooled = summary_table(result.records)
-    print(markdown_table(pooled))
+    write_tracts_table(cfg.enrich.input)
+    results = run_pipeline(cfg, overwrite=overwrite, echo=lambda text: print(text, flush=True))
+    pooled = results["evaluate"].outputs["pooled"]
     emb = pooled[pooled["features"] == "embeddings"]
     for _, r in emb.iterrows():
         ok = "meets" if r["deviance_ratio"] <= TARGET_RATIO else "misses"
         print(f"{r['model']} on embeddings: deviance ratio {r['deviance_ratio']:.3f} ({ok} the "
               f"<= {TARGET_RATIO} target)")
+    report = results["evaluate"].outputs["report"]
     print(f"report: {report}  (report.md, evaluation.json, figures)")
     print(f"demo finished in {time.perf_counter() - t_all:.0f} s")
-    return {"report": str(report), "bundle": str(bundle), "pooled": pooled.to_dict("records")}
+    return {"report": report, "bundle": results["train"].outputs["bundle"], "pooled": pooled.to_dict("records")}
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

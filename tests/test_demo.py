@@ -22,7 +22,8 @@ def test_olinda_tracts_table():
 
 def test_demo_config_has_every_stage():
     cfg = load_config(DEMO_CONFIG)
-    cfg.require("locations", "views", "train", "evaluate")
+    cfg.require("locations", "views", "train", "enrich", "evaluate")
+    assert cfg.evaluate.table == cfg.enrich.output  # the run evaluates the table it enriched
     assert cfg.evaluate.exposure == "area_km2" and cfg.evaluate.family == "poisson"
     assert cfg.evaluate.split.kind == "spatial_block"
 
@@ -44,6 +45,8 @@ def test_run_demo_on_a_reduced_config(tmp_path, capsys):
     for v in d["views"]:
         v["sources"] = [str((root / s).resolve()) for s in v["sources"]]
     d["train"].update(epochs=8, max_minutes=4.0)
+    d["enrich"] = {"input": str(tmp_path / "run" / "tracts.parquet"),
+                   "output": str(tmp_path / "run" / "tracts_enriched.parquet")}
     d["evaluate"]["table"] = str(tmp_path / "run" / "tracts_enriched.parquet")
     d["evaluate"]["models"] = ["glm", "gam", "gbm"]
     # H3 cells (res 8, ~0.5 km edges) instead of the grid: blocks that depend on geometry alone
@@ -64,10 +67,17 @@ def test_run_demo_on_a_reduced_config(tmp_path, capsys):
     for key, want in ref["values"].items():
         assert got[key] == pytest.approx(want, abs=ref["tolerance"][key.split(":")[1]]), (got, ref["values"])
     assert (report / "report.md").exists() and list(report.glob("*.png"))
-    # A rerun reuses the build, the bundle and re-evaluates: nothing is rebuilt.
-    bundle_mtime = (Path(out["bundle"]) / "weights.safetensors").stat().st_mtime_ns
-    run_demo(load_config(cfg_path))
-    assert (Path(out["bundle"]) / "weights.safetensors").stat().st_mtime_ns == bundle_mtime
+    # A rerun is `geoembed run` with every stage up to date: nothing is redone, the table is printed again.
+    kept = [Path(out["bundle"]) / "weights.safetensors", tmp_path / "run" / "tracts.parquet",
+            tmp_path / "run" / "tracts_enriched.parquet", report / "evaluation.json"]
+    mtimes = [p.stat().st_mtime_ns for p in kept]
+    again = run_demo(load_config(cfg_path))
+    text = capsys.readouterr().out
+    assert [p.stat().st_mtime_ns for p in kept] == mtimes
+    for stage in ("build", "train", "enrich", "evaluate"):
+        assert f"\n{stage}: up to date" in text
+    assert "deviance ratio" in text
+    assert [r["deviance_ratio"] for r in again["pooled"]] == pytest.approx([r["deviance_ratio"] for r in out["pooled"]])
 
 
 def _stale_then_ok(calls):

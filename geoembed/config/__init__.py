@@ -1,7 +1,8 @@
 """Validated configuration: YAML in, pydantic models (unknown keys are errors), resolved YAML out.
 
 A config file holds the sections a command needs; ``geoembed build`` needs ``locations`` and ``views``,
-``geoembed train`` needs ``views`` and ``train``, ``geoembed evaluate`` needs ``evaluate``.
+``geoembed train`` needs ``views`` and ``train``, ``geoembed evaluate`` needs ``evaluate``;
+``geoembed run`` runs each stage whose sections are there (``enrich`` is its own).
 Relative paths in a config are resolved against the config file's folder.
 """
 
@@ -26,6 +27,7 @@ from geoembed.config.build import (
     ViewConfig,
     WeightConfig,
 )
+from geoembed.config.enrich import EnrichConfig
 from geoembed.config.evaluate import EvaluateConfig
 from geoembed.config.train import TrainConfig
 from geoembed.errors import ConfigError
@@ -34,6 +36,7 @@ from geoembed.io import gdalnames
 __all__ = [
     "Config",
     "DaskConfig",
+    "EnrichConfig",
     "EvaluateConfig",
     "LocationsConfig",
     "OsmViewConfig",
@@ -57,6 +60,7 @@ class Config(Section):
     locations: LocationsConfig | None = None
     views: list[AnyViewConfig] = Field(default_factory=list)
     train: TrainConfig | None = None
+    enrich: EnrichConfig | None = None
     evaluate: EvaluateConfig | None = None
 
     @field_validator("views")
@@ -89,7 +93,7 @@ class Config(Section):
 
 
 _PATH_KEYS = frozenset({"polygon", "raster", "points", "source", "sources", "catalogue", "coverage", "workdir",
-              "table", "bundle", "weights_file", "backbone_weights", "output"})
+              "table", "bundle", "weights_file", "backbone_weights", "output", "input"})
 # keys naming rasters: GDAL dataset names there (subdatasets, /vsizip/ members) keep their form
 _RASTER_KEYS = frozenset({"raster", "sources", "coverage"})
 

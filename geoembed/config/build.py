@@ -2,7 +2,8 @@
 
 Every view's settings are a :class:`ViewConfig` subclass; the one for a ``kind`` is found in the
 view-kind registry (:mod:`geoembed.views.registry`), so a new kind brings its own model. The built-in
-kinds' models (``raster``, ``osm``) are defined here.
+kinds' models (``raster``, ``osm``) are defined here; their remote-source blocks (``stac:``,
+``overpass:``) in :mod:`geoembed.config.sources`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pydantic import Field, PlainValidator, SerializeAsAny, ValidationError, mod
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from geoembed.config.base import Section
+from geoembed.config.sources import OverpassConfig, StacConfig
 
 
 class DaskConfig(Section):
@@ -146,14 +148,19 @@ class ViewConfig(Section):
 class RasterViewConfig(_OmitWhenUnset, ViewConfig):
     """Chips from one or more rasters, stacked band-wise, on a local metric grid centred on each location.
 
-    A source is a path or a GDAL dataset name (``NETCDF:"x.nc":t2m``, ``/vsizip/a.zip/b.tif``, a URL).
-    ``crs`` and ``nodata`` are per source (null = what the file declares)."""
+    Exactly one of ``sources`` and ``stac``. A source is a path or a GDAL dataset name
+    (``NETCDF:"x.nc":t2m``, ``/vsizip/a.zip/b.tif``, a URL); ``bands``, ``crs`` and ``nodata`` are per
+    source (null = what the file declares). ``stac`` searches a STAC catalogue for the items under the
+    locations' chips and composites their assets (one band each); it has no footprint of files, so it
+    does not restrict where locations are sampled (``locations.region`` decides)."""
 
-    _omit_when_none: ClassVar[tuple[str, ...]] = ("crs",)
+    _omit_when_none: ClassVar[tuple[str, ...]] = ("crs", "sources", "stac")
+    path_fields: ClassVar[tuple[str, ...]] = ("catalog",)  # stac.catalog (URLs are kept as they are)
 
     kind: Literal["raster"] = "raster"
     name: str
-    sources: list[str] = Field(min_length=1)
+    sources: list[str] | None = Field(default=None, min_length=1)
+    stac: StacConfig | None = Field(default=None, description="a STAC search instead of sources")
     bands: list[list[int] | None] | None = Field(
         default=None, description="per source: 1-based band indexes to use (null = all but an alpha band, which masks the others)"
     )
@@ -172,6 +179,15 @@ class RasterViewConfig(_OmitWhenUnset, ViewConfig):
 
     @model_validator(mode="after")
     def _lengths(self) -> RasterViewConfig:
+        if (self.sources is None) == (self.stac is None):
+            raise ValueError("give exactly one of sources (raster files) and stac (a STAC search), got "
+                             + ("both" if self.sources is not None else "neither"))
+        if self.stac is not None:
+            given = [k for k in ("bands", "nodata", "crs") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to sources, not to stac: a STAC view's bands are "
+                                 "stac.assets, its nodata stac.nodata, and each asset's CRS is its own")
+            return self
         for key in ("bands", "nodata", "crs"):
             val = getattr(self, key)
             if val is not None and len(val) != len(self.sources):
@@ -179,16 +195,29 @@ class RasterViewConfig(_OmitWhenUnset, ViewConfig):
         return self
 
     def footprint_sources(self) -> list[str]:
-        """Locations are kept on the sources' data (unless ``locations.coverage`` says)."""
-        return list(self.sources)
+        """Locations are kept on the sources' data (unless ``locations.coverage`` says); a STAC view
+        has no files to keep them on."""
+        return list(self.sources or [])
 
 
-class OsmViewConfig(ViewConfig):
-    """Per-location OSM features: H3 hex tensor, radius aggregates and capped nearest distances."""
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+class OsmViewConfig(_OmitWhenUnset, ViewConfig):
+    """Per-location OSM features: H3 hex tensor, radius aggregates and capped nearest distances.
+
+    Exactly one of ``source`` (a local file, or an http(s) URL downloaded once into the cache and
+    checked against ``source_sha256`` when given) and ``overpass`` (the catalogue's tags over the
+    locations' extent from an Overpass API)."""
+
+    _omit_when_none: ClassVar[tuple[str, ...]] = ("source", "source_sha256", "overpass")
 
     kind: Literal["osm"] = "osm"
     name: str
-    source: str = Field(description=".osm.pbf, .osm XML, or GeoParquet of features")
+    source: str | None = Field(default=None, description=".osm.pbf, .osm XML, or GeoParquet of features; a path "
+                               "or an http(s) URL")
+    source_sha256: str | None = Field(default=None, description="sha256 of a downloaded source (hex)")
+    overpass: OverpassConfig | None = Field(default=None, description="an Overpass API instead of source")
     catalogue: str | None = Field(default=None, description="YAML tag-to-category catalogue (default built in)")
     h3_resolution: int = Field(default=9, ge=0, le=15, description="H3 resolution of the 7 x 7 hex tensor")
     radii_m: list[float] = Field(default_factory=lambda: [250.0, 1000.0], min_length=1,
@@ -197,6 +226,15 @@ class OsmViewConfig(ViewConfig):
 
     @model_validator(mode="after")
     def _radii(self) -> OsmViewConfig:
+        if (self.source is None) == (self.overpass is None):
+            raise ValueError("give exactly one of source (a file or an http(s) URL) and overpass (an Overpass "
+                             "API), got " + ("both" if self.source is not None else "neither"))
+        if self.source_sha256 is not None:
+            if self.source is None or not self.source.startswith(("http://", "https://")):
+                raise ValueError("source_sha256 applies to a source downloaded from an http(s) URL")
+            hexa = self.source_sha256.lower().removeprefix("sha256:")
+            if len(hexa) != 64 or not set(hexa) <= _SHA256_HEX:
+                raise ValueError(f"source_sha256 {self.source_sha256!r} is not 64 hexadecimal digits")
         if any(not (0 < r <= 100_000) for r in self.radii_m):
             raise ValueError(f"radii_m must be in (0, 100000] metres, got {self.radii_m}")
         if len(set(self.radii_m)) != len(self.radii_m):

@@ -11,7 +11,7 @@ Every stage calls these; nothing else in geoembed computes a projection, a block
 """
 
 from geoembed.geo.footprint import SupportIndex, aeqd_km, haversine_km, training_footprint
-from geoembed.geo.grid import grid_blocks, h3_cells, h3_disks, hilbert_order, morton_order
+from geoembed.geo.grid import grid_blocks, h3_cells, h3_disk_reach_m, h3_disks, hilbert_order, morton_order
 from geoembed.geo.lon import (
     continuous_lon,
     east_of_antimeridian,
@@ -39,6 +39,7 @@ __all__ = [
     "equal_area_transformers",
     "grid_blocks",
     "h3_cells",
+    "h3_disk_reach_m",
     "h3_disks",
     "haversine_km",
     "hilbert_order",

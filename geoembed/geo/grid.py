@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from geoembed.errors import ConfigError
 from geoembed.geo.lon import continuous_lon
 from geoembed.geo.project import project_local
 
-__all__ = ["grid_blocks", "h3_cells", "h3_disks", "hilbert_order", "morton_order"]
+__all__ = ["grid_blocks", "h3_cells", "h3_disk_reach_m", "h3_disks", "hilbert_order", "morton_order"]
 
 
 def grid_blocks(lon: np.ndarray, lat: np.ndarray, size_m: float, anchor: str = "origin") -> np.ndarray:
@@ -85,6 +87,17 @@ def h3_cells(lon: np.ndarray, lat: np.ndarray, res: int) -> np.ndarray:
     lon = np.asarray(lon, dtype=np.float64).tolist()
     return np.fromiter((f(a, o, res) for a, o in zip(lat, lon, strict=True)),
                        dtype=np.uint64, count=len(lat)).astype(np.int64)
+
+
+def h3_disk_reach_m(res: int, rings: int = 3) -> float:
+    """An upper bound in metres on the distance from a point to any point of the ``rings``-ring H3
+    disk around its cell at ``res``: the point lies within one circumradius (= edge) of its cell's
+    centre, ring ``k`` cell centres within ``k * sqrt(3)`` edges of it, their cells reach one edge
+    further; twice H3's average edge length covers its largest cells."""
+    import h3
+
+    edge = 2.0 * float(h3.average_hexagon_edge_length(int(res), unit="m"))
+    return (rings * math.sqrt(3.0) + 2.0) * edge
 
 
 def h3_disks(cells: np.ndarray, offsets: np.ndarray) -> np.ndarray:

@@ -85,6 +85,11 @@ class View(ABC):
         """Check the inputs (InputError / ConfigError naming the file or setting) and describe the
         store; ``lon``/``lat`` are all the locations (for a projection, say). No heavy reads here."""
 
+    def fingerprint_settings(self) -> dict:
+        """The settings that enter the store's fingerprint: all of them (default), less those that
+        cannot change a result (timeouts, retries), so that changing them resumes a partial store."""
+        return self.cfg.model_dump(mode="json")
+
     def chunk_rows(self, resolved: Resolved, chunk_size: int) -> int:
         """Rows per chunk (and per Dask task); default the configured ``dask.chunk_size``."""
         return int(chunk_size)

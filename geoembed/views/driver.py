@@ -78,7 +78,7 @@ def store_fingerprint(view: View, inputs: dict, locations: str, chunk_rows: int)
     clash = {"config", "locations", view.chunk_key} & set(inputs)
     if clash:
         raise ValueError(f"view kind {view.kind!r}: its inputs may not use the key(s) {sorted(clash)}")
-    return text_fingerprint({"config": view.cfg.model_dump(mode="json"), **inputs, "locations": locations,
+    return text_fingerprint({"config": view.fingerprint_settings(), **inputs, "locations": locations,
                              view.chunk_key: int(chunk_rows)})
 
 

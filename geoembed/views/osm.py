@@ -16,15 +16,22 @@ For every location the view stores
   capped at ``max_distance_m``; the cap is also the value when there is none within it.
 
 Geometry is computed in a local metric projection (the UTM zone of the locations). A location is
-``valid`` (valid_fraction 1) when it lies inside the data extent, the convex hull of all features
-read; outside it the source says nothing, so the row is ``valid = False``, ``valid_fraction = 0``
-and its arrays are NaN (never silent zeros).
+``valid`` (valid_fraction 1) when it lies inside the data extent: the convex hull of all features
+read from a file, or the box an Overpass API was asked for; outside it the source says nothing, so
+the row is ``valid = False``, ``valid_fraction = 0`` and its arrays are NaN (never silent zeros).
 
 Radius aggregates are exact (grid prefix sums inside each disk plus closed forms on its rim, see
 :mod:`geoembed.views.osm_geom`); distances are exact too (point features through a KD-tree, other
 geometries through a shapely STRtree nearest query). The hex tensor joins H3 cell ids of features
 and of each location's 37 neighbours with ``np.searchsorted``; H3 calls happen once per distinct
-cell. Sources are local files only (no Overpass): export an extract to .osm.pbf first.
+cell.
+
+Sources (:meth:`OsmView.resolve`): a local file; an http(s) URL (e.g. a country extract), downloaded
+once into ``$GEOEMBED_CACHE_DIR/downloads`` with resume and an optional ``source_sha256`` check
+(:func:`geoembed.sources.cached_download`), fingerprinted by the file's sha256; or ``overpass:``, the
+catalogue's tags over the locations' extent padded by the view's reach (the largest of
+``max_distance_m``, the radii and the H3 disk) from an Overpass API, in tiles, cached on disk
+(:func:`geoembed.sources.overpass_features`), fingerprinted by the queries and the answers.
 
 Entry point: :class:`OsmView` (kind ``osm``), built by :func:`geoembed.views.driver.build_view_store`.
 It checks and fingerprints the source and catalogue, then, when chunks remain to compute, reads,
@@ -46,7 +53,7 @@ import shapely
 
 from geoembed.config.build import OsmViewConfig
 from geoembed.errors import InputError
-from geoembed.geo import h3_cells, utm_crs
+from geoembed.geo import h3_cells, h3_disk_reach_m, utm_crs
 from geoembed.io.fingerprint import source_fingerprint, text_fingerprint
 from geoembed.io.viewstore import ArraySpec
 from geoembed.views.base import Chunk, Resolved, View
@@ -145,6 +152,7 @@ def prepare_osm(
     cell_m: float | None = None,
     max_part_m: float | None = None,
     token: str = "",
+    extent=None,
 ) -> PreparedOsm:
     """Categorise features (tag columns + ``gtype``), project them to ``crs`` and build the indexes.
 
@@ -153,6 +161,8 @@ def prepare_osm(
     ``max_part_m`` bounds the length of line segments and polygon edges (default: ``MAX_PART_CELLS``
     cells): longer parts mean fewer primitives near each circle (the rim holds parts within their
     half-length of it plus a cell), at the price of a wider band of parts classified one by one.
+    ``extent`` (a lon/lat shapely geometry) is where the features are complete, e.g. the box an
+    Overpass API was asked for; default: the convex hull of all ``features``.
     """
     names = catalogue.names
     member = catalogue.match(features, features["gtype"].to_numpy())
@@ -220,9 +230,10 @@ def prepare_osm(
     is_pt = shapely.get_type_id(geom) == 0
     dist_points = [rep[fi[(ci == k) & is_pt[fi]]] for k in range(len(names))]
     dist_geoms = [geom[fi[(ci == k) & ~is_pt[fi]]] for k in range(len(names))]
-    # data extent: convex hull of every feature read (in lon/lat, densified, then projected)
-    hull_ll = shapely.convex_hull(shapely.multipoints(shapely.get_coordinates(features.geometry.values)))
-    hull_ll = shapely.segmentize(hull_ll, 0.001)
+    # data extent: given, else the convex hull of every feature read (in lon/lat, densified, then projected)
+    if extent is None:
+        extent = shapely.convex_hull(shapely.multipoints(shapely.get_coordinates(features.geometry.values)))
+    hull_ll = shapely.segmentize(extent, 0.001)
     hull = gpd.GeoSeries([hull_ll], crs=features.crs).to_crs(crs).values[0]
     shapely.prepare(hull)
     from pyproj import CRS
@@ -347,17 +358,52 @@ class OsmView(View):
     gil_bound = True
     cfg: OsmViewConfig
 
-    def resolve(self, lon: np.ndarray, lat: np.ndarray) -> Resolved:
+    def reach_m(self) -> float:
+        """How far from a location its features count: the largest of ``max_distance_m``, the radii and
+        the H3 disk's reach (the padding of an Overpass extent)."""
         cfg = self.cfg
+        return max(cfg.max_distance_m, max(cfg.radii_m), h3_disk_reach_m(cfg.h3_resolution, 3))
+
+    def _source(self, lon: np.ndarray, lat: np.ndarray, catalogue: Catalogue) -> tuple[Path, str, dict, object]:
+        """(local file, its fingerprint, attrs that say where it came from, the lon/lat extent where
+        its features are complete or None for the hull of the features)."""
+        cfg = self.cfg
+        try:
+            if cfg.overpass is not None:
+                from geoembed.sources import extent_around, overpass_features
+                from geoembed.sources.extent import bbox_parts
+
+                bbox = extent_around(lon, lat, self.reach_m())
+                res = overpass_features(cfg.overpass, bbox, catalogue)
+                extent = shapely.union_all([shapely.box(*b) for b in bbox_parts(bbox)])
+                where = {"overpass": {"url": cfg.overpass.url, "extent": [float(v) for v in bbox],
+                                      "tiles": len(res.tiles)}}
+                return res.path, res.fingerprint, where, extent
+            if cfg.source.startswith(("http://", "https://")):
+                from urllib.parse import urlparse
+
+                from geoembed.sources import cached_download
+                from geoembed.views.osm_read import source_format
+
+                source_format(urlparse(cfg.source).path or cfg.source)  # a known format before downloading
+                path = cached_download(cfg.source, cfg.source_sha256)
+                return path, source_fingerprint(path), {"url": cfg.source, "local_path": str(path)}, None
+        except InputError as err:
+            raise InputError(f"OSM view {cfg.name!r}: {err}") from None
         src = Path(cfg.source)
-        catalogue = load_catalogue(cfg.catalogue)
         if not src.is_file():
             raise InputError(f"OSM source {src} (view {cfg.name!r}) does not exist")
-        source_fp = source_fingerprint(src)
+        return src, source_fingerprint(src), {}, None
+
+    def resolve(self, lon: np.ndarray, lat: np.ndarray) -> Resolved:
+        cfg = self.cfg
+        catalogue = load_catalogue(cfg.catalogue)
+        src, source_fp, where, extent = self._source(lon, lat, catalogue)
         crs = utm_crs(lon, lat)
         radius_names = catalogue.radius_feature_names(cfg.radii_m)
         attrs = {
-            "source": str(src),
+            "source": where.get("url", str(src)),
+            **where,
             "source_fingerprint": source_fp,
             "crs": crs.to_string(),
             "categories": catalogue.names,
@@ -371,7 +417,8 @@ class OsmView(View):
             "radii_m": [float(r) for r in cfg.radii_m],
             "max_distance_m": cfg.max_distance_m,
             "catalogue": catalogue.to_dict(),
-            "validity": "valid = inside the convex hull of all features of the source; else NaN rows",
+            "validity": ("valid = inside the box asked of the Overpass API; else NaN rows" if extent is not None
+                         else "valid = inside the convex hull of all features of the source; else NaN rows"),
             "view_version": VIEW_VERSION,
         }
         arrays = {
@@ -383,15 +430,16 @@ class OsmView(View):
         reader = osm_reader(src)  # the libosmium and GDAL readers differ slightly: part of the fingerprint
         if reader != "parquet":
             inputs["reader"] = reader
-        return Resolved(arrays=arrays, attrs=attrs, inputs=inputs, context=(src, catalogue, crs))
+        return Resolved(arrays=arrays, attrs=attrs, inputs=inputs, context=(src, catalogue, crs, extent))
 
     def prepare(self, resolved: Resolved, lon: np.ndarray, lat: np.ndarray) -> PreparedOsm:
         """Read the source's features, categorise and project them, build the indexes."""
-        src, catalogue, crs = resolved.context
+        src, catalogue, crs, extent = resolved.context
         cfg = self.cfg
         feats = read_osm_features(src, catalogue.keys, catalogue=catalogue)
         prep = prepare_osm(feats, catalogue, crs, h3_resolution=cfg.h3_resolution, radii_m=cfg.radii_m,
-                           max_distance_m=cfg.max_distance_m, token=text_fingerprint(resolved.inputs))
+                           max_distance_m=cfg.max_distance_m, token=text_fingerprint(resolved.inputs),
+                           extent=extent)
         x, y = _to_metric(prep.crs_wkt, lon, lat)
         if len(lon) and not shapely.intersects_xy(prep.hull, x, y).any():
             w, s, e, n = (float(v) for v in feats.total_bounds)
