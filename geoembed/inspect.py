@@ -63,7 +63,8 @@ def describe(path: str | Path) -> dict | list:
             b = load_bundle(p)
             meta = dict(b.meta)
             meta.pop("footprint", None)
-            out = {"artefact": "model bundle", "path": str(p), "fingerprint": b.fingerprint,
+            sealed = meta.pop("seal", None) is not None  # checked by load_bundle; the hashes are noise here
+            out = {"artefact": "model bundle", "path": str(p), "fingerprint": b.fingerprint, "sealed": sealed,
                    "embedding_dim": b.embedding_dim, "footprint_bounds": list(b.footprint.bounds)}
             if "model_card" in meta:
                 out["model_card"] = meta.pop("model_card")
@@ -90,6 +91,10 @@ def describe(path: str | Path) -> dict | list:
         if not out:
             raise InputError(f"{p} holds no geoembed artefact")
         return out
+    if p.name in ("geoembed.json", "weights.safetensors"):
+        from geoembed.io.bundle import check_bundle_path
+
+        check_bundle_path(p)  # an error: a file, not a bundle folder (naming the folder to pass)
     if p.suffix.lower() in (".parquet", ".geoparquet"):
         from geoembed.io.enriched import META_KEY as ENRICHED_META_KEY
         from geoembed.io.locations import LOCATION_META_KEY_STR

@@ -2,7 +2,8 @@
 enriched table (:mod:`geoembed.io.enriched`), chunk by chunk, in flat memory.
 
 Per chunk: coordinates and hygiene codes (:mod:`geoembed.enrich.coordinates`), invalid-row and swapped
-columns checks, the encoder on worker threads while this thread measures the support distance, the new
+columns checks, the encoder on worker threads while this thread measures the support distance, rows
+whose embedding is NaN/inf flagged invalid (``non_finite_embedding``, counted like bad coordinates), the new
 columns (:mod:`geoembed.enrich.arrow`), and the write on a writer thread while the next chunk is read
 ahead (:func:`prefetch`). Rows keep their order and every input column. The output is written to a
 temporary file and renamed into place only when complete (:func:`geoembed.io.atomic.atomic_path`): a
@@ -153,7 +154,8 @@ def _enrich_once(enricher: Enricher, input_path: Path, output_path: Path, out_fo
             for batch in batches:
                 n = batch.num_rows
                 lon, lat, codes, lon_raw, lat_raw = batch_coordinates(batch, coords)
-                inside = enricher.check(lon, lat, codes, report, offset, lon_raw, lat_raw)
+                start = offset
+                inside = enricher.check(lon, lat, codes, report, start, lon_raw, lat_raw)
                 if report.looks_swapped():
                     raise InputError(report.swapped_message(origin, *labels))
                 offset += n
@@ -166,6 +168,12 @@ def _enrich_once(enricher: Enricher, input_path: Path, output_path: Path, out_fo
                 valid = codes == hy.OK
                 finish = enricher.embed_start(lon, lat, valid)  # the encoder runs on worker threads...
                 dist = enricher.support_km(lon, lat, valid, inside)  # ...while this thread measures support
+                emb = finish()
+                if len(enricher.flag_non_finite(emb, codes, report, start, lon_raw, lat_raw)):
+                    valid = codes == hy.OK  # rows the model gives NaN/inf for are invalid rows
+                    if enricher.on_invalid == "error":
+                        failing = True
+                        continue
                 vd = dist[valid]
                 summary.out_of_support += int((vd > enricher.threshold_km).sum())
                 if len(vd):
@@ -177,7 +185,6 @@ def _enrich_once(enricher: Enricher, input_path: Path, output_path: Path, out_fo
                     keep = (codes != hy.MISSING) & (codes != hy.NON_NUMERIC)
                     cols[i_lon] = pa.array(lon, mask=~keep, type=pa.float64())
                     cols[i_lat] = pa.array(lat, mask=~keep, type=pa.float64())
-                emb = finish()
                 cols += embedding_arrays(emb, valid)
                 cols += qa_arrays(codes, dist, enricher.threshold_km)
                 out = pa.RecordBatch.from_arrays(cols, schema=schema)

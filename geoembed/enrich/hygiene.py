@@ -3,8 +3,10 @@
 Each row gets a reason code (0 = valid). Codes are checked in this order, the first that applies wins:
 ``missing`` (null, NaN, empty text), ``non_numeric`` (text that is not a number), ``infinite``,
 ``out_of_range`` (|lon| > 180 or |lat| > 90), ``null_island`` (exactly (0, 0): almost always a
-failed geocode), ``not_point`` (a geometry that is not a single point). Rows are never dropped: the
-caller decides whether invalid rows are an error or get empty embeddings.
+failed geocode), ``not_point`` (a geometry that is not a single point). After embedding, a row whose
+embedding is NaN or infinite although its coordinates are valid (weights that overflow there) gets
+``non_finite_embedding``. Rows are never dropped: the caller decides whether invalid rows are an error
+or get empty embeddings.
 
 A table-level check detects swapped columns: most finite points fall outside the training footprint
 but inside it when longitude and latitude are exchanged.
@@ -27,9 +29,11 @@ INFINITE = 3
 OUT_OF_RANGE = 4
 NULL_ISLAND = 5
 NOT_POINT = 6
+NON_FINITE_EMBEDDING = 7
 
 REASONS: tuple[str | None, ...] = (
     None, "missing", "non_numeric", "infinite", "out_of_range", "null_island", "not_point",
+    "non_finite_embedding",
 )
 
 # Text that means "no value" in a coordinate column (compared case-insensitively, after stripping).
@@ -158,6 +162,18 @@ class HygieneReport:
             self.examples.append((row_offset + int(i), REASONS[codes[i]],
                                   _raw(lon_raw, i), _raw(lat_raw, i)))
 
+    def add_embedding_failures(self, rows: np.ndarray, row_offset: int, lon_raw=None, lat_raw=None) -> None:
+        """Count rows (indices within a chunk already counted by :meth:`add`) whose embedding is not
+        finite: they become invalid with the reason ``non_finite_embedding``."""
+        if not len(rows):
+            return
+        self.invalid += len(rows)
+        name = REASONS[NON_FINITE_EMBEDDING]
+        self.by_reason[name] = self.by_reason.get(name, 0) + len(rows)
+        for i in rows[: max(0, self.max_examples - len(self.examples))]:
+            self.examples.append((row_offset + int(i), name, _raw(lon_raw, i), _raw(lat_raw, i)))
+        self.examples.sort(key=lambda e: e[0])
+
     def add_footprint(self, finite: int, inside: int, swapped_inside: int) -> None:
         """Count how many finite points fall inside the footprint as given and when swapped."""
         self.finite += finite
@@ -186,8 +202,10 @@ class HygieneReport:
         """The error for invalid rows; ``where`` names a row (default ``row N``; for a folder of parts,
         the part and the row within it)."""
         reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.by_reason.items(), key=lambda kv: -kv[1]))
+        model = REASONS[NON_FINITE_EMBEDDING] in self.by_reason
+        what = "are invalid" if model else "have invalid coordinates"
         lines = [
-            f"{origin}: {self.invalid:,} of {self.rows:,} rows have invalid coordinates ({reasons}); "
+            f"{origin}: {self.invalid:,} of {self.rows:,} rows {what} ({reasons}); "
             f"first bad rows (0-based row number{' within its file' if where else ''}, reason, {lon_col}, "
             f"{lat_col}):"
         ]
@@ -195,6 +213,10 @@ class HygieneReport:
             lines.append(f"  {where(row) if where else f'row {row}'}: {reason} ({lon_col}={lo!r}, {lat_col}={la!r})")
         legend = "; ".join(f"{k} = {_LEGEND[k]}" for k in REASONS[1:] if k in self.by_reason)
         lines.append(f"Reasons: {legend}.")
+        if model:
+            lines.append("The bundle's encoder gives NaN or infinite embeddings at valid coordinates: its weights "
+                         "overflow there (rows are embedded until the first invalid one, so later ones are not "
+                         "counted). Check or rebuild the bundle.")
         lines.append("Fix these rows, or pass --on-invalid null (on_invalid='null') to give them empty "
                      "embeddings and a geoembed_invalid flag.")
         return "\n".join(lines)
@@ -207,6 +229,7 @@ _LEGEND = {
     "out_of_range": "|lon| > 180 or |lat| > 90 degrees",
     "null_island": "exactly (0, 0), usually a failed geocode",
     "not_point": "a geometry that is not a single point",
+    "non_finite_embedding": "the model's embedding is NaN or infinite there",
 }
 
 
