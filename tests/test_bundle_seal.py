@@ -232,6 +232,15 @@ def test_non_finite_weights_are_refused_naming_the_tensor(tiny, tmp_path):
     with pytest.raises(InputError, match=rf"^bundle {tiny / 'weights.safetensors'}: the tensor 'network\.net\.2\.bias' "
                                          rf"holds NaN or infinite values"):
         load_bundle(tiny)
+    # Likewise tensors of another dtype than the spec's (loading would cast them silently).
+    state["network.net.2.bias"][1] = 0.0
+    state["network.net.2.bias"] = state["network.net.2.bias"].double()
+    weights = save(state, metadata={"format": "pt"})
+    (tiny / "weights.safetensors").write_bytes(weights)
+    _edit(tiny, lambda m: m.__setitem__("seal", make_seal(m, weights)))
+    with pytest.raises(InputError, match=r"the tensor 'network\.net\.2\.bias' is float64, the encoder spec's "
+                                         r"dtype is float32"):
+        load_bundle(tiny)
 
 
 def test_save_checks_what_it_writes(tmp_path):

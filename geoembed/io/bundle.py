@@ -338,6 +338,11 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         encoder = build_coordinate_encoder(meta["encoder"])
     except ConfigError as err:  # a range the encoding or network refuses (types were checked above)
         raise InputError(f"{origin}: {within('encoder', err)}") from None
+    own = encoder.state_dict()
+    for name, t in sorted(state.items()):  # load_state_dict would cast silently
+        if name in own and t.dtype != own[name].dtype:
+            raise InputError(f"bundle {path / WEIGHTS}: the tensor {name!r} is {str(t.dtype).removeprefix('torch.')}, "
+                             f"the encoder spec's dtype is {str(own[name].dtype).removeprefix('torch.')}")
     try:
         encoder.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
