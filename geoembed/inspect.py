@@ -88,7 +88,8 @@ def describe(path: str | Path, layer: str | None = None) -> dict | list:
             b = load_bundle(p)
             meta = dict(b.meta)
             meta.pop("footprint", None)
-            out = {"artefact": "model bundle", "path": str(p), "fingerprint": b.fingerprint,
+            sealed = meta.pop("seal", None) is not None  # checked by load_bundle; the hashes are noise here
+            out = {"artefact": "model bundle", "path": str(p), "fingerprint": b.fingerprint, "sealed": sealed,
                    "embedding_dim": b.embedding_dim, "footprint_bounds": list(b.footprint.bounds)}
             if "model_card" in meta:
                 out["model_card"] = meta.pop("model_card")
@@ -115,6 +116,10 @@ def describe(path: str | Path, layer: str | None = None) -> dict | list:
         if not out:
             raise InputError(f"{p} holds no geoembed artefact")
         return out
+    if p.name in ("geoembed.json", "weights.safetensors"):
+        from geoembed.io.bundle import check_bundle_path
+
+        check_bundle_path(p)  # an error: a file, not a bundle folder (naming the folder to pass)
     from geoembed.io.tables import FORMATS_TEXT, input_format
 
     try:

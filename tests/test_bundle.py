@@ -88,6 +88,10 @@ def test_load_errors_name_the_problem(tmp_path):
     meta = json.loads((path / "geoembed.json").read_text())
     meta["encoder"]["network"]["hidden"] = [16, 16]
     (path / "geoembed.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=r"changed after the bundle was sealed \(edited: encoder\)"):
+        load_bundle(path)
+    del meta["seal"]  # a bundle from before the seal: the weights' shapes still tell
+    (path / "geoembed.json").write_text(json.dumps({**meta, "schema_version": 1}))
     with pytest.raises(InputError, match="do not match"):
         load_bundle(path)
     (path / "geoembed.json").unlink()

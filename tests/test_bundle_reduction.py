@@ -98,22 +98,34 @@ def test_table_and_raster_references(tiny, tmp_path):
 
 
 def test_seal_covers_the_reduction(tiny, tmp_path):
+    """The reduction's arrays (in the weights file) and its description (in geoembed.json) are sealed.
+    (Before the seal an edited array only changed the fingerprint; now it is refused.)"""
     from safetensors.torch import load_file, save_file
 
     path = reduce_bundle(tiny, tmp_path / "r", ReductionRequest(n_components=2, bbox=BOX, n=500))
-    before = load_bundle(path).fingerprint
+    assert load_bundle(path).fingerprint != load_bundle(tiny).fingerprint
+    good = (path / "weights.safetensors").read_bytes()
     state = load_file(path / "weights.safetensors")
     state["reduction.mean"] = state["reduction.mean"] + 1.0
     save_file(state, path / "weights.safetensors", metadata={"format": "pt"})
-    assert load_bundle(path).fingerprint != before
-    meta = json.loads((path / "geoembed.json").read_text())
-    del meta["reduction"]
-    (path / "geoembed.json").write_text(json.dumps(meta))
-    with pytest.raises(InputError, match=r"reduction is incomplete"):
+    with pytest.raises(InputError, match=r"weights\.safetensors is not the weights file this bundle was sealed"):
         load_bundle(path)
-    meta["reduction"] = {"method": "pca", "n_components": 3}
-    (path / "geoembed.json").write_text(json.dumps(meta))
-    with pytest.raises(InputError, match=r"does not fit the encoder"):
+    (path / "weights.safetensors").write_bytes(good)
+    meta = json.loads((path / "geoembed.json").read_text())
+    edited = {**meta, "reduction": {**meta["reduction"], "method": "whiten"}}
+    (path / "geoembed.json").write_text(json.dumps(edited))
+    with pytest.raises(InputError, match=r"changed after the bundle was sealed \(edited: reduction\)"):
+        load_bundle(path)
+    (path / "geoembed.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "reduction"}))
+    with pytest.raises(InputError, match=r"geoembed\.json: raw_embedding_dim: set, but the bundle has no reduction"):
+        load_bundle(path)
+    (path / "geoembed.json").write_text(json.dumps({**meta, "reduction": {"method": "pca", "n_components": 3}}))
+    with pytest.raises(InputError, match=r"geoembed\.json: reduction\.raw_embedding_dim: missing"):
+        load_bundle(path)
+    # Before the seal (schema 1), the weights file's reduction tensors without a description still tell.
+    legacy = {k: v for k, v in meta.items() if k not in ("seal", "reduction", "raw_embedding_dim")}
+    (path / "geoembed.json").write_text(json.dumps({**legacy, "schema_version": 1, "embedding_dim": 4}))
+    with pytest.raises(InputError, match=r"reduction is incomplete"):
         load_bundle(path)
 
 

@@ -270,14 +270,15 @@ def test_bundle_path_that_is_no_bundle(tmp_path):
     lon, lat = _olinda_points(3)
     (tmp_path / "empty").mkdir()
     (tmp_path / "file.txt").write_text("not a bundle")
-    for path, why in ((tmp_path / "empty", "incomplete: weights.safetensors is missing"),
-                      (tmp_path / "file.txt", "does not exist"),
+    for path, why in ((tmp_path / "empty", "a folder without geoembed.json, not a bundle"),
+                      (tmp_path / "file.txt", "is a file, not a bundle folder"),
                       (tmp_path / "nowhere", "does not exist")):
         with pytest.raises(InputError, match=rf"view emb: bundle {path} is not a usable geoembed bundle: .*{why}"):
             _build(tmp_path, lon, lat, bundle=str(path))
     bad = make_tiny_bundle(tmp_path / "bad")
     (bad / "weights.safetensors").write_bytes(b"\x00" * 64)
-    with pytest.raises(InputError, match=rf"bundle {bad} is not a usable .*weights.safetensors is not a valid"):
+    sealed = "weights.safetensors is not the weights file this bundle was sealed with"
+    with pytest.raises(InputError, match=rf"bundle {bad} is not a usable .*{sealed}"):
         _build(tmp_path, lon, lat, bundle=str(bad))
     import torch
     from safetensors.torch import save_file
@@ -285,7 +286,7 @@ def test_bundle_path_that_is_no_bundle(tmp_path):
     other = make_tiny_bundle(tmp_path / "other")  # tensors of another shape than its spec says
     state = {k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in load_bundle(other).encoder.state_dict().items()}
     save_file(state, str(other / "weights.safetensors"))
-    with pytest.raises(InputError, match=rf"bundle {other} is not a usable .*weights do not match the encoder spec"):
+    with pytest.raises(InputError, match=rf"bundle {other} is not a usable .*{sealed}"):
         _build(tmp_path, lon, lat, bundle=str(other))
     assert not (tmp_path / "store").exists()  # nothing written that looks like a store
 

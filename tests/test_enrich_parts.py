@@ -121,7 +121,7 @@ def test_cli_file_folder_env_scheduler_and_errors(tmp_path, bundle_path, bundle,
     rc = cli_main(["enrich", "--bundle", str(tmp_path / "nobundle"), "--input", str(src), "--output",
                    str(tmp_path / "x.parquet")])
     err = capsys.readouterr().err
-    assert rc == 1 and "geoembed enrich: error: model bundle" in err and "nobundle does not exist" in err
+    assert rc == 1 and "geoembed enrich: error: bundle" in err and "nobundle does not exist" in err
     rc = cli_main(["enrich", "--bundle", str(bundle_path), "--input", str(src), "--output",
                    str(tmp_path / "x.parquet"), "--lon-col", "txt"])
     assert rc == 1 and "50 of 50 rows have invalid coordinates (non_numeric: 50)" in capsys.readouterr().err

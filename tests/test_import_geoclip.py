@@ -67,6 +67,9 @@ def test_card_footprint_and_enrich(geoclip_bundle, tmp_path):
     assert 10 < card["effective_resolution_km"] < 60
     wheel_file, _, _ = find_wheel_weights()
     assert card["weights_sha256"] == bundle.meta["data_fingerprint"]
+    from geoembed.io.seal import seal_fingerprint
+
+    assert bundle.fingerprint == seal_fingerprint(bundle.meta["seal"])  # imported bundles are sealed
     assert wheel_file.name in card["source"]
     lon, lat = _coords(200, seed=1)
     assert (bundle.distance_to_footprint_km(lon, lat) == 0).all()  # global: nothing out of support

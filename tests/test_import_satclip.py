@@ -265,6 +265,9 @@ def test_cli(tmp_path, capsys):
     b = load_bundle(out)
     assert b.card["licence"] == "MIT" and b.card["training_data"] == "S2-100K (test)"
     assert b.out_of_support_km == 100 and b.footprint.bounds == (-10, 35, 30, 60)
+    from geoembed.io.seal import seal_fingerprint
+
+    assert b.fingerprint == seal_fingerprint(b.meta["seal"])  # imported bundles are sealed
     assert main(["import", "satclip", str(tmp_path / "none.ckpt"), "--output", str(tmp_path / "c")]) == 1
     err = capsys.readouterr().err
     assert "none.ckpt does not exist" in err and "Traceback" not in err

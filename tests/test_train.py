@@ -93,6 +93,9 @@ def test_train_bundle_reload_identical(world, tmp_path):
     assert e1.shape == (50, 8) and e1.dtype == np.float32
     np.testing.assert_array_equal(e1, e2)
     assert bundle.fingerprint == load_bundle(wd / "bundle").fingerprint
+    from geoembed.io.seal import seal_fingerprint
+
+    assert meta["schema_version"] == 2 and bundle.fingerprint == seal_fingerprint(meta["seal"])  # sealed
 
 
 def test_fixed_seed_identical_and_resume_matches(world, tmp_path):

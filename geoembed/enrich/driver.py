@@ -4,7 +4,8 @@
 Before any work: the input exists and has a known format, the output is not a folder and its folder
 exists and is writable (:func:`geoembed.io.atomic.check_output`, which also removes the temporaries of
 an earlier killed run). Per chunk: coordinates and hygiene codes (:mod:`geoembed.enrich.coordinates`),
-the encoder on worker threads while this thread measures the support distance, the new columns
+the encoder on worker threads while this thread measures the support distance, rows whose
+embedding is NaN/inf flagged invalid (``non_finite_embedding``, counted like bad coordinates), the new columns
 (:mod:`geoembed.enrich.arrow`), and the write on a writer thread while the next chunk is read ahead
 (:func:`prefetch`). A table of polygons gets one embedding per polygon from points sampled in it
 (:mod:`geoembed.enrich.polygons`). Rows keep their order and every input column. The output is written to
@@ -318,6 +319,7 @@ def _point_chunk(enricher: Enricher, batch: pa.RecordBatch, coords: Coordinates,
     finish = enricher.embed_start(lon, lat, valid)  # the encoder runs on worker threads...
     dist = enricher.support_km(lon, lat, valid, inside)  # ...while this thread measures support
     vd = dist[valid]
+    prior_oos = summary.out_of_support
     summary.out_of_support += int((vd > enricher.threshold_km).sum())
     if len(vd):
         summary.max_support_km = max(summary.max_support_km, float(vd.max()))
@@ -329,6 +331,12 @@ def _point_chunk(enricher: Enricher, batch: pa.RecordBatch, coords: Coordinates,
         replace[batch.schema.get_field_index(coords.lon_col)] = pa.array(raw_lon, mask=~keep, type=pa.float64())
         replace[batch.schema.get_field_index(coords.lat_col)] = pa.array(raw_lat, mask=~keep, type=pa.float64())
     emb = finish()
+    if len(enricher.flag_non_finite(emb, codes, report, offset, lon_raw, lat_raw)):
+        valid = codes == hy.OK  # rows the model gives NaN/inf for are invalid rows
+        if enricher.on_invalid == "error":
+            return {}, codes
+        vd = dist[valid]
+        summary.out_of_support = prior_oos + int((vd > enricher.threshold_km).sum())
     added = embedding_arrays(emb, valid) + qa_arrays(codes, dist, enricher.threshold_km)
     return {"added": added, "replace": replace}, codes
 

@@ -4,8 +4,8 @@
 support index and an optional :class:`~geoembed.io.reduction.Reduction`. For arrays of lon/lat with
 hygiene codes (:mod:`geoembed.enrich.hygiene`) it counts invalid rows, footprint hits and
 projected-looking values (for the whole-table verdicts of
-:meth:`~geoembed.enrich.hygiene.HygieneReport.verdict`), embeds the valid rows on worker threads and
-measures the distance to the footprint. It knows nothing of files: :mod:`geoembed.enrich.driver` streams
+:meth:`~geoembed.enrich.hygiene.HygieneReport.verdict`), embeds the valid rows on worker threads, flags rows whose
+embedding is not finite (:meth:`Enricher.flag_non_finite`) and measures the distance to the footprint. It knows nothing of files: :mod:`geoembed.enrich.driver` streams
 tables through it, and :class:`~geoembed.enrich.transformer.LocationEmbedder` calls it on in-memory
 columns.
 """
@@ -77,9 +77,9 @@ def _bundle_key(p: Path) -> tuple:
 
 def load_bundle_cached(path: str | os.PathLike):
     """Load a model bundle once per process (keyed by path and file times), with clear errors."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"model bundle {p} does not exist (write one with `geoembed train`)")
+    from geoembed.io.bundle import check_bundle_path
+
+    p = check_bundle_path(path)  # missing, a file, a folder without geoembed.json: an error saying so
     key = _bundle_key(p)
     with _BUNDLE_LOCK:
         if key in _BUNDLE_CACHE:
@@ -212,6 +212,20 @@ class Enricher:
     def embed(self, lon: np.ndarray, lat: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """(n, k) float32 embeddings (reduced when a reduction is set); NaN rows where not valid."""
         return self.embed_start(lon, lat, valid)()
+
+    @staticmethod
+    def flag_non_finite(emb: np.ndarray, codes: np.ndarray, report: hy.HygieneReport, row_offset: int,
+                        lon_raw=None, lat_raw=None) -> np.ndarray:
+        """Rows with valid coordinates whose embedding is NaN or infinite (weights that overflow there):
+        their code becomes ``non_finite_embedding`` (in place), their embedding NaN, and ``report``
+        counts them as invalid. Returns their indices (usually none)."""
+        finite = np.isfinite(emb).all(axis=1)
+        rows = np.flatnonzero(~finite & (codes == hy.OK))
+        if len(rows):
+            codes[rows] = hy.NON_FINITE_EMBEDDING
+            emb[rows] = np.nan
+            report.add_embedding_failures(rows, row_offset, lon_raw, lat_raw)
+        return rows
 
     def support_km(self, lon: np.ndarray, lat: np.ndarray, valid: np.ndarray, inside: np.ndarray) -> np.ndarray:
         """Distance to the footprint in km (0 inside, NaN for invalid rows)."""

@@ -61,13 +61,19 @@ def fit_reduction_file(bundle, input_path: str | os.PathLike, output_path: str |
                     coords = resolve_coordinates(source.schema, str(f), lon_col, lat_col, source.geo, crs)
                     for batch in source.batches():
                         lon, lat, codes, lon_raw, lat_raw = batch_coordinates(batch, coords)
-                        enricher.check(lon, lat, codes, report, offset, lon_raw, lat_raw)
+                        start = offset
+                        enricher.check(lon, lat, codes, report, start, lon_raw, lat_raw)
                         offset += batch.num_rows
                         if report.invalid and on_invalid == "error":
                             continue
                         valid = codes == hy.OK
                         if valid.any():
-                            acc.add(enricher.embed_valid(lon[valid], lat[valid]))
+                            emb = enricher.embed(lon, lat, valid)  # NaN rows where not valid
+                            # rows the model gives NaN/inf for are invalid: never in the covariance
+                            enricher.flag_non_finite(emb, codes, report, start, lon_raw, lat_raw)
+                            if report.invalid and on_invalid == "error":
+                                continue
+                            acc.add(emb[codes == hy.OK])
                 finally:
                     source.close()
             problem = report.verdict(str(input_path), *coords.labels, HOW_CRS)

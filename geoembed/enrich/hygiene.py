@@ -5,7 +5,8 @@ Each row gets a reason code (0 = valid). Codes are checked in this order, the fi
 ``out_of_range`` (|lon| > 180 or |lat| > 90), ``null_island`` (exactly (0, 0): almost always a
 failed geocode), ``not_point`` (a geometry that is not a single point). A table of polygons
 (:mod:`geoembed.enrich.polygons`) has its own: ``not_polygon``, ``empty``, ``invalid_geometry``,
-``zero_area``, ``zero_weight``. Rows are never dropped: the caller decides whether invalid rows are an
+``zero_area``, ``zero_weight``. After embedding, a row whose embedding is NaN or infinite although its
+coordinates are valid (weights that overflow there) gets ``non_finite_embedding``. Rows are never dropped: the caller decides whether invalid rows are an
 error or get empty embeddings.
 
 Two verdicts are taken on the whole table, from counts summed over its chunks (so neither chunk size
@@ -36,10 +37,11 @@ EMPTY = 8
 INVALID_GEOMETRY = 9
 ZERO_AREA = 10
 ZERO_WEIGHT = 11
+NON_FINITE_EMBEDDING = 12
 
 REASONS: tuple[str | None, ...] = (
     None, "missing", "non_numeric", "infinite", "out_of_range", "null_island", "not_point",
-    "not_polygon", "empty", "invalid_geometry", "zero_area", "zero_weight",
+    "not_polygon", "empty", "invalid_geometry", "zero_area", "zero_weight", "non_finite_embedding",
 )
 
 # Text that means "no value" in a coordinate column (compared case-insensitively, after stripping).
@@ -171,6 +173,18 @@ class HygieneReport:
             self.examples.append((row_offset + int(i), REASONS[codes[i]],
                                   _raw(lon_raw, i), _raw(lat_raw, i)))
 
+    def add_embedding_failures(self, rows: np.ndarray, row_offset: int, lon_raw=None, lat_raw=None) -> None:
+        """Count rows (indices within a chunk already counted by :meth:`add`) whose embedding is not
+        finite: they become invalid with the reason ``non_finite_embedding``."""
+        if not len(rows):
+            return
+        self.invalid += len(rows)
+        name = REASONS[NON_FINITE_EMBEDDING]
+        self.by_reason[name] = self.by_reason.get(name, 0) + len(rows)
+        for i in rows[: max(0, self.max_examples - len(self.examples))]:
+            self.examples.append((row_offset + int(i), name, _raw(lon_raw, i), _raw(lat_raw, i)))
+        self.examples.sort(key=lambda e: e[0])
+
     def add_footprint(self, finite: int, inside: int, swapped_inside: int) -> None:
         """Count how many finite points fall inside the footprint as given and when swapped."""
         self.finite += finite
@@ -225,8 +239,10 @@ class HygieneReport:
         """The error for invalid rows; ``where`` names a row (default ``row N``; for a folder of parts,
         the part and the row within it)."""
         reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(self.by_reason.items(), key=lambda kv: -kv[1]))
+        model = REASONS[NON_FINITE_EMBEDDING] in self.by_reason
+        what = "are invalid" if model else "have invalid coordinates"
         lines = [
-            f"{origin}: {self.invalid:,} of {self.rows:,} rows have invalid coordinates ({reasons}); "
+            f"{origin}: {self.invalid:,} of {self.rows:,} rows {what} ({reasons}); "
             f"first bad rows (0-based row number{' within its file' if where else ''}, reason, {lon_col}, "
             f"{lat_col}):"
         ]
@@ -241,6 +257,10 @@ class HygieneReport:
                 lines.append(f"  {at}: {reason} ({lon_col}={lo!r}, {lat_col}={la!r})")
         legend = "; ".join(f"{k} = {_LEGEND[k]}" for k in REASONS[1:] if k in self.by_reason)
         lines.append(f"Reasons: {legend}.")
+        if model:
+            lines.append("The bundle's encoder gives NaN or infinite embeddings at valid coordinates: its weights "
+                         "overflow there (rows are embedded until the first invalid one, so later ones are not "
+                         "counted). Check or rebuild the bundle.")
         lines.append(f"Fix these {'polygons' if self.kind == 'polygon' else 'rows'}, or pass --on-invalid "
                      f"null (on_invalid='null') to give them empty embeddings and a geoembed_invalid flag.")
         return "\n".join(lines)
@@ -258,6 +278,7 @@ _LEGEND = {
     "invalid_geometry": "unreadable, or invalid other than by self-intersection (which is repaired)",
     "zero_area": "a polygon without area (a line or a point)",
     "zero_weight": "the weight raster is 0 or nodata at every sampled point",
+    "non_finite_embedding": "the model's embedding is NaN or infinite there",
 }
 
 

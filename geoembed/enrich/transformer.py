@@ -116,7 +116,11 @@ class LocationEmbedder(TransformerMixin, BaseEstimator):
             red.check_bundle(bundle.fingerprint, self.embedding_dim_, origin=f"reduction {self.reduction}")
             self.reduction_ = red
         elif self.n_components is not None:
-            emb = (emb_all if isinstance(coords, _Polygons) else enricher.embed(lon, lat, valid))[valid]
+            if isinstance(coords, _Polygons):
+                emb = emb_all[valid]
+            else:
+                emb = self._embed(enricher, lon, lat, codes, raw)
+                emb = emb[codes == hy.OK]
             if len(emb) <= self.n_components:
                 raise ValueError(f"n_components={self.n_components} needs more than {self.n_components} "
                                  f"valid rows to fit a reduction; got {len(emb)} sample(s)")
@@ -143,7 +147,7 @@ class LocationEmbedder(TransformerMixin, BaseEstimator):
                 log.warning("%d of %d rows lie more than %g km outside the bundle's training footprint; "
                             "their embeddings are extrapolations", int(far.sum()), len(lon),
                             self.out_of_support_km_)
-        return enricher.embed(lon, lat, valid).astype(self.dtype, copy=False)
+        return self._embed(enricher, lon, lat, codes, raw).astype(self.dtype, copy=False)
 
     def get_feature_names_out(self, input_features=None):
         """``emb_0 .. emb_{d-1}`` (or ``emb_pc_0 .. emb_pc_{k-1}`` with a reduction)."""
@@ -203,6 +207,19 @@ class LocationEmbedder(TransformerMixin, BaseEstimator):
         state = super().__getstate__()
         state.pop("_enricher", None)
         return state
+
+    def _embed(self, enricher: Enricher, lon, lat, codes, raw) -> np.ndarray:
+        """Embeddings of the valid rows (NaN elsewhere); rows the model gives NaN/inf for are invalid
+        rows (an error, or NaN with a warning under ``on_invalid="null"``)."""
+        emb = enricher.embed(lon, lat, codes == hy.OK)
+        report = hy.HygieneReport(rows=len(codes))
+        bad = enricher.flag_non_finite(emb, codes, report, 0, *raw)
+        if len(bad):
+            if self.on_invalid == "error":
+                raise InputError(report.invalid_message("X", str(self.lon_col), str(self.lat_col)))
+            log.warning("%d of %d rows get NaN embeddings: the bundle's encoder gives NaN or infinite values "
+                        "there (its weights overflow)", len(bad), len(codes))
+        return emb
 
     def _check_rows(self, enricher: Enricher, lon, lat, codes, raw, labels=None) -> np.ndarray:
         report = hy.HygieneReport()

@@ -106,6 +106,10 @@ def embedder_fingerprint(embedder, bundle: str | None = None) -> str | None:
         from geoembed.io.fingerprint import file_fingerprint, text_fingerprint
 
         p = Path(bundle)
+        if (p / "geoembed.json").is_file():  # a bundle: its own fingerprint (derived from its seal)
+            from geoembed.io.bundle import load_bundle
+
+            return load_bundle(p).fingerprint
         files = sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else [p] if p.is_file() else []
         if files:
             return text_fingerprint({f.name: file_fingerprint(f) for f in files})

@@ -13,6 +13,15 @@ Layout of ``bundle/`` (written atomically as one folder)::
 :func:`load_bundle` rebuilds the coordinate encoder from the spec alone (no view data) and
 :meth:`Bundle.embed` maps float64 lon/lat arrays to ``(N, d)`` float32 embeddings.
 
+**Validated and sealed**: :func:`save_bundle` (the one writer: ``geoembed train``, ``geoembed import``
+and reduced copies all go through it) checks what it writes against the schema of geoembed.json
+(:mod:`geoembed.io.bundle_schema`), refuses non-finite weights and records a seal, SHA-256 hashes of
+every geoembed.json field and of the weights file (:mod:`geoembed.io.seal`). :func:`load_bundle`
+checks the path (a file, a missing path or a folder without geoembed.json is an error saying so),
+every field for type and range (errors name the file and the key), the seal (an edited field or
+other weights are refused) and the weights (NaN/inf refused, naming the tensor). The bundle
+fingerprint is derived from the seal. Bundles written before the seal (schema 1) load with a warning.
+
 **Model card** (``model_card`` in geoembed.json; required for imported encoders, optional otherwise):
 where the encoder comes from and what it is good for: ``source``, ``version``, ``licence``,
 ``training_data``, ``output_dim`` (the encoder's own dimension) and ``effective_resolution``, plus any
@@ -21,14 +30,13 @@ further JSON fields.
 **Reduction** (optional): a fixed PCA (optionally whitened) to ``k`` components shipped with the bundle
 (:class:`geoembed.io.reduction.Reduction` maths; fitted by :mod:`geoembed.importers.reduce`). Its
 spec is ``reduction`` in geoembed.json, its arrays are the float64 tensors ``reduction.mean``,
-``reduction.components`` and ``reduction.explained_variance`` in weights.safetensors, so the bundle
-fingerprint covers it. :meth:`Bundle.embed` applies it: ``embedding_dim`` is then ``k`` and
+``reduction.components`` and ``reduction.explained_variance`` in weights.safetensors, so the seal
+and the bundle fingerprint cover it. :meth:`Bundle.embed` applies it: ``embedding_dim`` is then ``k`` and
 ``raw_embedding_dim`` the encoder's own dimension.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -39,9 +47,12 @@ import numpy as np
 import torch
 import yaml
 
-from geoembed.errors import InputError
+from geoembed.errors import ConfigError, InputError
 from geoembed.io.atomic import atomic_path
+from geoembed.io.bundle_schema import CARD_FIELDS, SCHEMA_VERSION, normalisation, validate_card, validate_meta
+from geoembed.io.seal import make_seal, verify_seal
 from geoembed.nn.networks import CoordinateEncoder, build_coordinate_encoder
+from geoembed.nn.specs import within
 from geoembed.version import __version__
 
 __all__ = [
@@ -49,13 +60,13 @@ __all__ = [
     "SCHEMA_VERSION",
     "Bundle",
     "build_coordinate_encoder",
+    "check_bundle_path",
     "load_bundle",
     "save_bundle",
     "save_untrained_bundle",
     "validate_card",
 ]
 
-SCHEMA_VERSION = 1
 WEIGHTS = "weights.safetensors"
 META = "geoembed.json"
 CONFIG = "config.yaml"
@@ -64,44 +75,6 @@ _MIN_ROWS = 64
 _CHUNK = 4096  # rows per forward pass: keeps the (chunk, L^2) harmonics block in cache
 REDUCTION_PREFIX = "reduction."
 _REDUCTION_TENSORS = ("mean", "components", "explained_variance")
-#: Fields every model card has (others may follow).
-CARD_FIELDS = ("source", "version", "licence", "training_data", "output_dim", "effective_resolution")
-
-
-def _normalisation(spec: dict) -> dict:
-    """The data-dependent constants of the encodings (also inside ``spec``), listed for readers."""
-    out: dict[str, Any] = {}
-    for i, enc in enumerate(spec.get("encodings", [])):
-        if enc.get("type") == "local_multiscale":
-            out[f"encoding_{i}"] = {
-                "projection": "azimuthal_equidistant (spherical, R=6371008.8 m)",
-                "center_lon": enc["center_lon"],
-                "center_lat": enc["center_lat"],
-                "min_wavelength_m": enc["min_wavelength_m"],
-                "max_wavelength_m": enc["max_wavelength_m"],
-                "xy_scale_m": enc["max_wavelength_m"],
-            }
-        elif enc.get("type") == "spherical_harmonics":
-            out[f"encoding_{i}"] = {"polar_angle": "90 - lat (degrees)", "azimuth": "lon (degrees)"}
-    return out
-
-
-def validate_card(card, origin: str = "model card") -> dict:
-    """A model card as plain JSON: a mapping with every :data:`CARD_FIELDS` entry filled in
-    (``output_dim`` a positive integer). Raises InputError naming ``origin`` and the field."""
-    if not isinstance(card, dict):
-        raise InputError(f"{origin} must be a mapping of fields, got {type(card).__name__}")
-    try:
-        card = json.loads(json.dumps(card, allow_nan=False))
-    except (TypeError, ValueError) as err:
-        raise InputError(f"{origin} is not plain JSON data: {err}") from None
-    for key in CARD_FIELDS:
-        value = card.get(key)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            raise InputError(f"{origin} lacks the field {key!r} (a card has {', '.join(CARD_FIELDS)})")
-    if isinstance(card["output_dim"], bool) or not isinstance(card["output_dim"], int) or card["output_dim"] < 1:
-        raise InputError(f"{origin}: output_dim must be a positive integer, got {card['output_dim']!r}")
-    return card
 
 
 def _reduction_meta(reduction, raw_dim: int) -> dict:
@@ -120,15 +93,23 @@ def _reduction_meta(reduction, raw_dim: int) -> dict:
     }
 
 
-def _weights_bytes(encoder: torch.nn.Module, reduction=None) -> bytes:
-    from safetensors.torch import save
-
+def _weights_state(encoder: torch.nn.Module, reduction=None) -> dict[str, torch.Tensor]:
+    """The tensors of weights.safetensors: the encoder's state and the reduction's float64 arrays."""
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in encoder.state_dict().items()}
     if reduction is not None:
         for name in _REDUCTION_TENSORS:
             state[REDUCTION_PREFIX + name] = torch.from_numpy(
                 np.ascontiguousarray(getattr(reduction, name), dtype=np.float64))
-    return save(state, metadata={"format": "pt"})
+    return state
+
+
+def _non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor holding NaN or inf, else None."""
+    for name in sorted(state):
+        t = state[name]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            return name
+    return None
 
 
 def save_bundle(
@@ -170,21 +151,32 @@ def save_bundle(
         "crs": "EPSG:4326",
         "embedding_dim": raw_dim if reduction is None else int(reduction.n_components),
         "footprint": shapely.geometry.mapping(footprint),
-        "normalisation": _normalisation(spec),
+        "normalisation": normalisation(spec),
         "data_fingerprint": data_fingerprint,
         "package_version": __version__,
         "out_of_support_km": float(out_of_support_km),
     }
     if card is not None:
         meta["model_card"] = validate_card(card)
-        if meta["model_card"]["output_dim"] != raw_dim:
-            raise ValueError(f"model card output_dim {meta['model_card']['output_dim']} is not the encoder's "
-                             f"dimension {raw_dim}")
     if reduction is not None:
         meta["raw_embedding_dim"] = raw_dim
         meta["reduction"] = _reduction_meta(reduction, raw_dim)
-    weights = _weights_bytes(encoder, reduction)
-    meta_text = json.dumps(meta, indent=2, default=float) + "\n"
+    try:  # plain JSON (lists, no NaN), exactly as it will read back: the seal is computed on that
+        meta = json.loads(json.dumps(meta, default=float, allow_nan=False))
+    except ValueError as err:
+        raise InputError(f"bundle {path}: cannot write geoembed.json: {err}") from None
+    origin = f"bundle {path / META} (being written)"
+    validate_meta({**meta, "seal": None}, origin)  # what load_bundle will check, before anything is written
+    state = _weights_state(encoder, reduction)
+    bad = _non_finite(state)
+    if bad:
+        raise InputError(f"{origin}: the tensor {bad!r} holds NaN or infinite values; a bundle with them cannot "
+                         f"embed anything (did the training diverge?)")
+    from safetensors.torch import save
+
+    weights = save(state, metadata={"format": "pt"})
+    meta["seal"] = make_seal(meta, weights)
+    meta_text = json.dumps(meta, indent=2, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
         tmp.mkdir(parents=True)
         (tmp / WEIGHTS).write_bytes(weights)
@@ -296,46 +288,68 @@ class Bundle:
         return SupportIndex(self.footprint).distance_km(lon, lat)
 
 
+def check_bundle_path(path: str | os.PathLike) -> Path:
+    """``path`` as a bundle folder holding geoembed.json and weights.safetensors, or an InputError
+    saying what it is instead (missing, a file, a folder without geoembed.json, a run folder)."""
+    p = Path(path)
+    what = f"{WEIGHTS} + {META}"
+    if not p.exists():
+        raise InputError(f"bundle {p} does not exist (a bundle is a folder holding {what}, written by "
+                         f"`geoembed train` or `geoembed import`)")
+    if not p.is_dir():
+        inside = p.parent if (p.parent / META).is_file() and p.name in (META, WEIGHTS, CONFIG, METRICS) else None
+        raise InputError(f"bundle {p} is a file, not a bundle folder (a folder holding {what})"
+                         + (f": pass its folder {inside}" if inside is not None else ""))
+    if not (p / META).is_file():
+        hint = f"; the bundle of a run folder is {p / 'bundle'}" if (p / "bundle" / META).is_file() else ""
+        raise InputError(f"bundle {p} is a folder without {META}, not a bundle (a folder holding {what}){hint}")
+    if not (p / WEIGHTS).is_file():
+        raise InputError(f"bundle {p} is incomplete: {WEIGHTS} is missing")
+    return p
+
+
 def load_bundle(path: str | os.PathLike) -> Bundle:
-    """Load a bundle folder: rebuild the encoder from ``geoembed.json`` and load its safetensors weights."""
+    """Load a bundle folder: check ``geoembed.json`` (:func:`geoembed.io.bundle_schema.validate_meta`)
+    and its seal against the weights (:func:`geoembed.io.seal.verify_seal`), refuse non-finite
+    weights, rebuild the encoder from the spec and load the safetensors weights. Every problem is an
+    InputError naming the file and the key or tensor."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    path = Path(path)
-    if not path.is_dir():
-        raise InputError(f"bundle {path} does not exist (run `geoembed train` first?)")
-    for name in (WEIGHTS, META):
-        if not (path / name).is_file():
-            raise InputError(f"bundle {path} is incomplete: {name} is missing")
+    path = check_bundle_path(path)
+    origin = f"bundle {path / META}"
     meta_bytes = (path / META).read_bytes()
     try:
         meta = json.loads(meta_bytes)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path / META} is not valid JSON: {err}") from None
-    if meta.get("schema_version") != SCHEMA_VERSION:
-        raise InputError(f"{path / META}: bundle schema {meta.get('schema_version')} is not {SCHEMA_VERSION}")
-    if meta.get("coordinate_order") != ["lon", "lat"]:
-        raise InputError(f"{path / META}: unsupported coordinate_order {meta.get('coordinate_order')}")
-    for key in ("encoder", "embedding_dim", "footprint", "out_of_support_km"):
-        if key not in meta:
-            raise InputError(f"{path / META} lacks the key {key!r}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{origin} is not valid JSON: {err}") from None
+    validate_meta(meta, origin)
     weight_bytes = (path / WEIGHTS).read_bytes()
+    fingerprint = verify_seal(meta, weight_bytes, meta_bytes, origin, str(path))
     try:
         state = load(weight_bytes)
     except (SafetensorError, Exception) as err:  # noqa: BLE001 - any parse failure is a bad file
-        raise InputError(f"{path / WEIGHTS} is not a valid safetensors file: {err}") from None
+        raise InputError(f"bundle {path / WEIGHTS} is not a valid safetensors file: {err}") from None
+    bad = _non_finite(state)
+    if bad:
+        raise InputError(f"bundle {path / WEIGHTS}: the tensor {bad!r} holds NaN or infinite values")
     reduction = _load_reduction(path, meta, state)
-    if meta.get("model_card") is not None:
-        validate_card(meta["model_card"], origin=f"{path / META}: model_card")
     try:
         encoder = build_coordinate_encoder(meta["encoder"])
+    except ConfigError as err:  # a range the encoding or network refuses (types were checked above)
+        raise InputError(f"{origin}: {within('encoder', err)}") from None
+    own = encoder.state_dict()
+    for name, t in sorted(state.items()):  # load_state_dict would cast silently
+        if name in own and t.dtype != own[name].dtype:
+            raise InputError(f"bundle {path / WEIGHTS}: the tensor {name!r} is {str(t.dtype).removeprefix('torch.')}, "
+                             f"the encoder spec's dtype is {str(own[name].dtype).removeprefix('torch.')}")
+    try:
         encoder.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"bundle {path}: weights do not match the encoder spec: {err}") from None
     encoder.eval()
     for p in encoder.parameters():
         p.requires_grad_(False)
-    fingerprint = "sha256:" + hashlib.sha256(weight_bytes + meta_bytes).hexdigest()
     try:
         config = yaml.safe_load((path / CONFIG).read_text()) if (path / CONFIG).is_file() else {}
     except yaml.YAMLError as err:

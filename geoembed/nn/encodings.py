@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from geoembed.errors import ConfigError, InputError
+from geoembed.nn.specs import SpecError, check_spec_args, describe_value
 
 EARTH_RADIUS_M = 6_371_008.8
 #: Sign conventions of real spherical harmonics that :class:`SphericalHarmonics` reproduces.
@@ -41,6 +42,7 @@ __all__ = [
     "SH_CONVENTIONS",
     "SphericalHarmonics",
     "build_encoding",
+    "check_encoding_spec",
     "legendre_fourier_coefficients",
     "lonlat_from_table",
 ]
@@ -320,20 +322,32 @@ class ConcatEncoding(nn.Module):
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
+def check_encoding_spec(spec: object) -> tuple[type, dict]:
+    """The encoding class of ``spec`` and its keyword arguments, checked strictly against the class's
+    constructor (:func:`geoembed.nn.specs.check_spec_args`; ranges are the constructor's). Raises a
+    :class:`~geoembed.nn.specs.SpecError` naming the key."""
+    if not isinstance(spec, Mapping):
+        raise SpecError("", f"expected an object (an encoding spec), got {describe_value(spec)}")
+    kwargs = dict(spec)
+    kind = kwargs.pop("type", None)
+    if kind == "spherical_harmonics":
+        cls = SphericalHarmonics
+    elif kind == "local_multiscale":
+        cls = LocalMultiScaleEncoding
+    elif kind == "equal_earth":
+        from geoembed.nn.geoclip import EqualEarth
+
+        cls = EqualEarth
+    else:
+        raise SpecError("type", f"unknown encoding type {describe_value(kind)} (use spherical_harmonics, "
+                                f"local_multiscale or equal_earth)")
+    check_spec_args(f"{kind} encoding", cls, kwargs)
+    return cls, kwargs
+
+
 def build_encoding(spec: Mapping) -> nn.Module:
     """One encoding from its spec dict (``{"type": "spherical_harmonics" | "local_multiscale" |
-    "equal_earth", ...}``; ``equal_earth`` is GeoCLIP's projection, :mod:`geoembed.nn.geoclip`)."""
-    spec = dict(spec)
-    kind = spec.pop("type", None)
-    try:
-        if kind == "spherical_harmonics":
-            return SphericalHarmonics(**spec)
-        if kind == "local_multiscale":
-            return LocalMultiScaleEncoding(**spec)
-        if kind == "equal_earth":
-            from geoembed.nn.geoclip import EqualEarth
-
-            return EqualEarth(**spec)
-    except TypeError as err:
-        raise ConfigError(f"bad {kind} encoding spec {spec}: {err}") from None
-    raise ConfigError(f"unknown encoding type {kind!r} (use spherical_harmonics, local_multiscale or equal_earth)")
+    "equal_earth", ...}``; ``equal_earth`` is GeoCLIP's projection, :mod:`geoembed.nn.geoclip`),
+    checked by :func:`check_encoding_spec` first."""
+    cls, kwargs = check_encoding_spec(spec)
+    return cls(**kwargs)

@@ -21,11 +21,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from geoembed.errors import ConfigError
-from geoembed.nn.encodings import ConcatEncoding, build_encoding
+from geoembed.nn.encodings import ConcatEncoding, build_encoding, check_encoding_spec
+from geoembed.nn.specs import SpecError, check_spec_args, describe_value, within
 
-__all__ = ["MLP", "Siren", "CoordinateEncoder", "build_coordinate_encoder", "build_network"]
+__all__ = ["MLP", "Siren", "CoordinateEncoder", "build_coordinate_encoder", "build_network", "check_coordinate_spec",
+           "check_network_spec"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+def _check_hidden(hidden: Sequence[int]) -> None:
+    if any(int(h) < 1 for h in hidden):
+        raise ConfigError(f"hidden layer sizes must be positive integers, got {list(hidden)}")
 
 
 class _Sine(nn.Module):
@@ -62,8 +69,11 @@ class Siren(nn.Module):
         super().__init__()
         if not hidden:
             raise ConfigError("SIREN needs at least one hidden layer")
+        _check_hidden(hidden)
         if not 0 <= dropout < 1:
             raise ConfigError(f"SIREN dropout must be in [0, 1), got {dropout}")
+        if not (w0 > 0 and w0_hidden > 0):
+            raise ConfigError(f"SIREN w0 and w0_hidden must be positive, got {w0}, {w0_hidden}")
         dims = [in_dim, *hidden]
         layers: list[nn.Module] = []
         for i in range(len(hidden)):
@@ -98,6 +108,9 @@ class MLP(nn.Module):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ConfigError(f"unknown activation {activation!r} (use {sorted(_ACTIVATIONS)})")
+        _check_hidden(hidden)
+        if not 0 <= dropout < 1:
+            raise ConfigError(f"MLP dropout must be in [0, 1), got {dropout}")
         dims = [in_dim, *hidden]
         layers: list[nn.Module] = []
         for i in range(len(hidden)):
@@ -113,27 +126,74 @@ class MLP(nn.Module):
         return self.net(x)
 
 
+def check_network_spec(spec: object) -> tuple[type, dict]:
+    """The network class of ``spec`` and its keyword arguments (``hidden`` filled in with its default
+    ``[128, 128]``), checked strictly against the class's constructor
+    (:func:`geoembed.nn.specs.check_spec_args`). Raises a :class:`~geoembed.nn.specs.SpecError`."""
+    if not isinstance(spec, Mapping):
+        raise SpecError("", f"expected an object (a network spec), got {describe_value(spec)}")
+    kwargs = dict(spec)
+    kind = kwargs.pop("type", "siren")
+    if kind == "siren":
+        cls = Siren
+    elif kind == "mlp":
+        cls = MLP
+    elif kind == "rff_branches":
+        from geoembed.nn.geoclip import RFFBranches
+
+        cls = RFFBranches
+    else:
+        raise SpecError("type", f"unknown network type {describe_value(kind)} (use siren, mlp or rff_branches)")
+    if kind != "rff_branches":
+        kwargs.setdefault("hidden", [128, 128])
+    check_spec_args(f"{kind} network", cls, kwargs, supplied=("in_dim", "out_dim"))
+    return cls, kwargs
+
+
 def build_network(spec: Mapping, in_dim: int, out_dim: int) -> nn.Module:
-    """A network from its spec (``{"type": "siren" | "mlp" | "rff_branches", "hidden": [...], ...}``).
+    """A network from its spec (``{"type": "siren" | "mlp" | "rff_branches", "hidden": [...], ...}``),
+    checked by :func:`check_network_spec` first.
 
     ``rff_branches`` is GeoCLIP's multi-scale random-Fourier-feature network (:mod:`geoembed.nn.geoclip`),
     used by imported GeoCLIP bundles.
     """
-    spec = dict(spec)
-    kind = spec.pop("type", "siren")
-    hidden = list(spec.pop("hidden", [128, 128]))
-    try:
-        if kind == "siren":
-            return Siren(in_dim, hidden, out_dim, **spec)
-        if kind == "mlp":
-            return MLP(in_dim, hidden, out_dim, **spec)
-        if kind == "rff_branches":
-            from geoembed.nn.geoclip import RFFBranches
+    cls, kwargs = check_network_spec(spec)
+    return cls(in_dim=in_dim, out_dim=out_dim, **kwargs)
 
-            return RFFBranches(in_dim, out_dim, hidden=hidden, **spec)
-    except TypeError as err:
-        raise ConfigError(f"bad {kind} network spec {spec}: {err}") from None
-    raise ConfigError(f"unknown network type {kind!r} (use siren, mlp or rff_branches)")
+
+def check_coordinate_spec(spec: object) -> None:
+    """Check a coordinate-encoder spec's structure and types (every encoding and the network against
+    their constructors) without building anything. A :class:`~geoembed.nn.specs.SpecError` names the
+    key path (``encodings[0].n_scales``)."""
+    if not isinstance(spec, Mapping):
+        raise SpecError("", f"expected an object (a coordinate encoder spec), got {describe_value(spec)}")
+    for key in spec:
+        if key not in _SPEC_KEYS:
+            raise SpecError(str(key), f"unknown setting of a coordinate encoder (it takes {', '.join(_SPEC_KEYS)})")
+    for key in ("encodings", "network", "embedding_dim"):
+        if key not in spec:
+            raise SpecError(key, "missing: a coordinate encoder spec needs encodings, network and embedding_dim")
+    encodings = spec["encodings"]
+    if not isinstance(encodings, list | tuple) or not encodings:
+        raise SpecError("encodings", f"expected a non-empty list of encoding specs, got {describe_value(encodings)}")
+    for i, enc in enumerate(encodings):
+        try:
+            check_encoding_spec(enc)
+        except ConfigError as err:
+            raise within(f"encodings[{i}]", err) from None
+    try:
+        check_network_spec(spec["network"])
+    except ConfigError as err:
+        raise within("network", err) from None
+    dim = spec["embedding_dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise SpecError("embedding_dim", f"expected a positive integer, got {describe_value(dim)}")
+    dtype = spec.get("dtype", "float32")
+    if dtype not in ("float32", "float64"):
+        raise SpecError("dtype", f"expected \"float32\" or \"float64\", got {describe_value(dtype)}")
+
+
+_SPEC_KEYS = ("encodings", "network", "embedding_dim", "dtype")
 
 
 class CoordinateEncoder(nn.Module):
@@ -146,15 +206,21 @@ class CoordinateEncoder(nn.Module):
 
     def __init__(self, spec: Mapping):
         super().__init__()
+        check_coordinate_spec(spec)
         spec = dict(spec)
-        if "encodings" not in spec or "network" not in spec or "embedding_dim" not in spec:
-            raise ConfigError(f"coordinate encoder spec needs encodings, network, embedding_dim; got {sorted(spec)}")
-        self.encoding = ConcatEncoding([build_encoding(e) for e in spec["encodings"]])
+        parts = []
+        for i, e in enumerate(spec["encodings"]):
+            try:
+                parts.append(build_encoding(e))
+            except ConfigError as err:  # a range the constructor refuses: name the encoding
+                raise within(f"encodings[{i}]", err) from None
+        self.encoding = ConcatEncoding(parts)
         self.embedding_dim = int(spec["embedding_dim"])
-        self.network = build_network(spec["network"], self.encoding.out_dim, self.embedding_dim)
+        try:
+            self.network = build_network(spec["network"], self.encoding.out_dim, self.embedding_dim)
+        except ConfigError as err:
+            raise within("network", err) from None
         dtype = spec.get("dtype", "float32")
-        if dtype not in ("float32", "float64"):
-            raise ConfigError(f"coordinate encoder dtype must be float32 or float64, got {dtype!r}")
         self._spec = {
             "encodings": self.encoding.spec(),
             "network": dict(spec["network"]),
