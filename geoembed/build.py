@@ -18,6 +18,7 @@ from geoembed.config.build import RasterViewConfig, ViewConfig
 from geoembed.errors import InputError
 from geoembed.io.fingerprint import file_fingerprint, source_fingerprint, text_fingerprint
 from geoembed.io.locations import read_locations, read_locations_meta, write_locations
+from geoembed.io.rasters import raster_fingerprint
 from geoembed.io.viewstore import ViewStore
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,11 @@ def _locations_fingerprints(cfg: Config, cov: list[str], options: dict) -> tuple
                    ("weight_raster", loc.weight and loc.weight.raster)):
         if r and r not in cov:
             parts[key] = source_fingerprint(r)
+    # a VRT (or a raster with sidecars): every file GDAL reads for it, so a changed tile is noticed
+    behind = {r: raster_fingerprint(r) for r in dict.fromkeys(rasters)}
+    behind = {r: fp for r, fp in behind.items() if fp != source_fingerprint(r)}
+    if behind:
+        parts["raster_files"] = behind
     if any(crs is not None for crs, _ in used.values()) or (loc.region and loc.region.crs) or \
             (loc.weight and loc.weight.crs):
         legacy = None

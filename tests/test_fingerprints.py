@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 
+from geoembed.errors import InputError
 from geoembed.io import fingerprint
 from geoembed.io.rasters import raster_fingerprint
 from geoembed.testing.rasters import from_origin, write_geotiff
@@ -100,3 +101,33 @@ def test_vrt_fingerprint_changes_with_a_member_file(tmp_path):
     st = a.stat()
     os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert raster_fingerprint(vrt) != before
+
+
+def test_locations_follow_the_files_behind_a_vrt_region(tmp_path):
+    """region: raster given as a VRT: a changed member tile makes the locations stale (their valid area
+    may have moved), while a lone GeoTIFF keeps the fingerprint it always had."""
+    from geoembed.build import build_locations
+    from geoembed.config import parse_config
+
+    grid = from_origin(400_000, 6_000_000, 10, 10)
+    a = write_geotiff(tmp_path / "a.tif", np.full((1, 20, 20), 1, np.float32), crs=UTM, transform=grid)
+    vrt = tmp_path / "m.vrt"
+    vrt.write_text(
+        '<VRTDataset rasterXSize="20" rasterYSize="20"><SRS>EPSG:32633</SRS>'
+        "<GeoTransform>400000, 10, 0, 6000000, 0, -10</GeoTransform>"
+        '<VRTRasterBand dataType="Float32" band="1"><SimpleSource>'
+        '<SourceFilename relativeToVRT="1">a.tif</SourceFilename><SourceBand>1</SourceBand>'
+        "</SimpleSource></VRTRasterBand></VRTDataset>"
+    )
+    cfg = parse_config({"workdir": str(tmp_path / "run"),
+                        "locations": {"region": {"raster": str(vrt)}, "n": 30, "block_size_m": 50}})
+    _, meta = build_locations(cfg)
+    _, again = build_locations(cfg)  # up to date
+    assert again["build_fingerprint"] == meta["build_fingerprint"]
+    write_geotiff(a, np.full((1, 20, 20), 2, np.float32), crs=UTM, transform=grid)  # same size, new values
+    st = a.stat()
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(InputError, match="--overwrite"):
+        build_locations(cfg)
+    _, rebuilt = build_locations(cfg, overwrite=True)
+    assert rebuilt["build_fingerprint"] != meta["build_fingerprint"]
