@@ -113,3 +113,28 @@ def test_command_on_a_geopackage_of_tracts(tmp_path, bundle_path):
     recs = json.loads((tmp_path / "run" / "evaluation" / "evaluation.json").read_text())
     assert {r["n_out_of_support"] for r in recs} == {0} and all(r["bundle_fingerprint"] for r in recs)
     assert "polygons: out of support when more than half" in (tmp_path / "run" / "evaluation" / "report.md").read_text()
+
+
+def test_weight_raster_from_the_config(tmp_path, bundle_path):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from geoembed.config import load_config
+
+    path, g = _tracts(tmp_path)
+    tif = tmp_path / "pop.tif"
+    w = np.tile(np.linspace(0.0, 5.0, 200, dtype=np.float32), (200, 1))  # density rising eastwards
+    with rasterio.open(tif, "w", driver="GTiff", width=200, height=200, count=1, dtype="float32",
+                       crs="EPSG:4326", transform=from_origin(-34.93, -7.94, 0.0006, 0.0006)) as ds:
+        ds.write(w, 1)
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(yaml.safe_dump({"evaluate": {"table": "olinda.parquet", "bundle": str(bundle_path),
+                                                     "target": "V014", "weight_raster": "pop.tif"}}))
+    ev = load_config(cfg_file).evaluate
+    assert ev.weight_raster == str(tif)  # relative to the config file
+    cfg = _cfg(path, bundle_path, weight_raster=ev.weight_raster)
+    res = run_evaluation(read_table(path), cfg)
+    want, _, _ = embed_polygons(bundle_path, g, 40, 3, weight=tif)
+    plain, _, _ = embed_polygons(bundle_path, g, 40, 3)
+    np.testing.assert_array_equal(res.table[res.embedding_columns].to_numpy(), want)
+    assert not np.array_equal(want, plain)
