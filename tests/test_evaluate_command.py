@@ -218,7 +218,8 @@ def test_olinda_coordinates_under_spatial_block_cv(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_command_with_a_real_bundle_on_olinda(tmp_path):
-    """The real LocationEmbedder path: a tiny random-weight bundle over Olinda, tract centroids embedded."""
+    """The real bundle path: a tiny random-weight bundle over Olinda, each tract embedded as the mean over
+    points sampled in it (evaluate.points_per_polygon, default 1000)."""
     import shapely
     import torch
 

@@ -93,9 +93,10 @@ class Config(Section):
 
 
 _PATH_KEYS = frozenset({"polygon", "raster", "points", "source", "sources", "catalogue", "coverage", "workdir",
-              "table", "bundle", "weights_file", "backbone_weights", "output", "input"})
+              "table", "bundle", "weights_file", "backbone_weights", "output", "input",
+              "weight_raster"})
 # keys naming rasters: GDAL dataset names there (subdatasets, /vsizip/ members) keep their form
-_RASTER_KEYS = frozenset({"raster", "sources", "coverage"})
+_RASTER_KEYS = frozenset({"raster", "sources", "coverage", "weight_raster"})
 
 
 def _resolve_paths(node: Any, base: Path, key: str | None = None, keys: frozenset[str] = _PATH_KEYS) -> Any:

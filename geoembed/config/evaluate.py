@@ -24,6 +24,8 @@ from pydantic import Field, model_validator
 
 from geoembed.config.base import Section
 
+DEFAULT_POINTS = 1000  #: points per polygon; the same as geoembed.enrich.polygons.DEFAULT_POINTS
+
 Family = Literal["poisson", "gamma", "tweedie", "gaussian", "binomial"]
 Link = Literal["log", "identity", "logit"]
 FeatureSet = Literal["none", "coords", "embeddings", "both"]
@@ -169,6 +171,11 @@ class EvaluateConfig(Section):
     components (``whiten``: unit variance), fitted on each training fold only. Rows farther than the bundle's
     ``out_of_support_km`` from its footprint (or flagged ``geoembed_out_of_support`` by enrich) are counted;
     when their share exceeds ``max_out_of_support_share`` the run stops unless ``allow_out_of_support``.
+    A ``table`` of polygons (GeoParquet, GeoPackage, shapefile, ...) evaluated with a ``bundle`` is embedded
+    polygon by polygon: each row's embedding is the mean over ``points_per_polygon`` points sampled in its
+    area (seed ``polygon_seed``; weighted by the density raster ``weight_raster`` when given), as
+    ``geoembed enrich`` does; lon/lat (the ``coords`` features, the folds) stay the centroids. Such a polygon
+    is out of support when more than half of its (weighted) points are.
     ``unknown_categories``: a level of a
     ``categorical`` column that a test fold has but its training rows lack is priced as the column's most
     frequent training level, with a warning naming it (``most_frequent``), or stops the run (``error``).
@@ -189,6 +196,9 @@ class EvaluateConfig(Section):
     unknown_categories: Literal["error", "most_frequent"] = "most_frequent"
     embedding_prefix: str = "emb_"
     bundle: str | None = None
+    points_per_polygon: int = Field(DEFAULT_POINTS, ge=1)
+    polygon_seed: int = 0
+    weight_raster: str | None = None
     components: int | None = Field(None, ge=1)
     whiten: bool = False
     max_out_of_support_share: float = Field(0.5, ge=0, le=1)

@@ -318,15 +318,46 @@ def split_label(cfg: EvaluateConfig) -> str:
 # ---------------------------------------------------------------------------------------------- main
 
 
+def uses_embeddings(cfg: EvaluateConfig) -> bool:
+    """Whether a feature set of ``cfg`` needs embedding columns."""
+    return any(f in ("embeddings", "both") for f in cfg.features)
+
+
+def _polygon_path(geometry, cfg: EvaluateConfig, embedder):
+    """(embedding columns, support summary, settings) of the polygon rows, or three Nones when there are
+    no polygons or no bundle to sample them with (an embedder not backed by one)."""
+    if geometry is None:
+        return None, None, None
+    from geoembed.evaluate.polygons import embed_table_polygons, polygon_bundle
+
+    bundle = polygon_bundle(cfg, embedder)
+    if bundle is None:
+        log.warning("the table holds polygons but the embedder is not backed by a bundle: embedding centroids")
+        return None, None, None
+    emb, share, info = embed_table_polygons(geometry, bundle, cfg)
+    return emb, support_summary(emb, cfg, polygon_share=share, bundle=bundle), info
+
+
 def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
-                   progress: bool = False) -> EvaluationResult:
+                   progress: bool = False, geometry=None) -> EvaluationResult:
     """Cross-validate every model x feature set of ``cfg`` on ``table``.
 
     ``embedder``: an object with ``transform(table) -> emb_* columns`` (e.g. a fitted
     ``geoembed.enrich.LocationEmbedder``); when given (or when ``cfg.bundle`` is set) its columns replace
     any ``emb_*`` columns of the table. Otherwise feature sets with embeddings use the table's columns.
+
+    Polygons (``geometry``, a GeoSeries of the rows; else the geometry of ``table`` when it is a
+    GeoDataFrame, else that of the vector file ``cfg.table``) are embedded with the bundle as the mean over
+    ``cfg.points_per_polygon`` points sampled in each (:mod:`geoembed.evaluate.polygons`), not at their
+    centroids; lon/lat stay the centroids.
     """
     t0 = time.perf_counter()
+    if uses_embeddings(cfg) and (embedder is not None or cfg.bundle) and geometry is None:
+        from geoembed.evaluate.polygons import table_polygons
+
+        geometry = table_polygons(table, cfg)
+    if hasattr(getattr(table, "geometry", None), "crs"):  # a GeoDataFrame: lon/lat from it, as read_table does
+        table = _with_lonlat(table, cfg.lon_col, cfg.lat_col)
     table = table.reset_index(drop=True)
     feats = list(cfg.features)
     uses_emb = any(f in ("embeddings", "both") for f in feats)
@@ -339,10 +370,14 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
            *([cfg.lon_col, cfg.lat_col] if needs_coords else [])]
     table = table.assign(**{c: _check_numeric(table, c, "numeric") for c in dict.fromkeys(num)})
     fingerprint = None
-    support = support_summary(table, cfg, embedder if uses_emb else None) if uses_emb else None
+    poly_emb, poly_info = None, None
+    if uses_emb and embedder is not None:  # polygons: their means over sampled points, not the centroids'
+        poly_emb, support, poly_info = _polygon_path(geometry, cfg, embedder)
+    if poly_emb is None:
+        support = support_summary(table, cfg, embedder if uses_emb else None) if uses_emb else None
     check_support(support, cfg)
     if embedder is not None and uses_emb:
-        emb = embed(table, embedder, cfg.embedding_prefix)
+        emb = embed(table, embedder, cfg.embedding_prefix) if poly_emb is None else poly_emb.set_axis(table.index)
         old = embedding_columns(table, cfg.embedding_prefix)
         if old:
             same = list(old) == list(emb.columns) and np.allclose(
@@ -454,7 +489,8 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
              time.perf_counter() - t0)
     return EvaluationResult(records=recs, predictions=preds, table=table, folds=fold, blocks=blocks,
                             embedding_columns=emb_cols, bundle_fingerprint=fingerprint,
-                            info={"seconds": time.perf_counter() - t0, "split": label, "support": support})
+                            info={"seconds": time.perf_counter() - t0, "split": label, "support": support,
+                                  **({"polygons": poly_info} if poly_info else {})})
 
 
 def evaluate(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None, progress: bool = False) -> pd.DataFrame:

@@ -2,7 +2,9 @@
 
 A row is out of support when it lies farther than the bundle's ``out_of_support_km`` from its training
 footprint (measured with the bundle's own ``distance_to_footprint_km``), or, for an enriched table evaluated
-without a bundle, when ``geoembed enrich`` flagged it in ``geoembed_out_of_support``.
+without a bundle, when ``geoembed enrich`` flagged it in ``geoembed_out_of_support``. A polygon embedded from
+the bundle (:mod:`geoembed.evaluate.polygons`) is out of support when more than half of its (weighted)
+sampled points are beyond that distance.
 """
 
 from __future__ import annotations
@@ -33,16 +35,29 @@ def _embedder_bundle(embedder):
     return None
 
 
-def support_summary(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None) -> dict | None:
+def support_summary(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
+                    polygon_share: np.ndarray | None = None, bundle=None) -> dict | None:
     """How many rows lie out of the bundle's support, or None when nothing tells.
 
     With an embedder backed by a bundle: rows farther than the bundle's ``out_of_support_km`` from its
     training footprint. Otherwise the table's ``geoembed_out_of_support`` column written by
     ``geoembed enrich`` (true counts; null rows are not counted). Returns ``rows``, ``out_of_support``,
     ``share``, ``threshold_km`` (None from the column), ``source``, ``max_share`` and ``over_limit``.
+    ``polygon_share`` (with the loaded ``bundle`` that sampled them): each row's share of sampled points out
+    of support; a row counts when that share is above one half.
     """
-    bundle = _embedder_bundle(embedder) if embedder is not None else None
     n = len(table)
+    if polygon_share is not None and bundle is not None:
+        from geoembed.evaluate.polygons import MAJORITY
+
+        k = int(np.count_nonzero(np.nan_to_num(polygon_share, nan=0.0) > MAJORITY))
+        thr = float(bundle.out_of_support_km)
+        source = (f"bundle {cfg.bundle or 'given'}, polygons: out of support when more than half of "
+                  "their sampled points are")
+        share = k / n if n else 0.0
+        return {"rows": n, "out_of_support": k, "share": share, "threshold_km": thr, "source": source,
+                "max_share": cfg.max_out_of_support_share, "over_limit": share > cfg.max_out_of_support_share}
+    bundle = _embedder_bundle(embedder) if embedder is not None else None
     if bundle is not None:
         lon = pd.to_numeric(table[cfg.lon_col], errors="coerce").to_numpy(float)
         lat = pd.to_numeric(table[cfg.lat_col], errors="coerce").to_numpy(float)
