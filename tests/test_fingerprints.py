@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,17 +84,23 @@ def test_small_files_stay_out_of_the_cache(tmp_path, monkeypatch):
     assert not path.exists() or str(f.resolve()) not in path.read_text()
 
 
-def test_vrt_fingerprint_changes_with_a_member_file(tmp_path):
-    grid = from_origin(400_000, 6_000_000, 10, 10)
-    a = write_geotiff(tmp_path / "a.tif", np.full((1, 20, 20), 1, np.float32), crs=UTM, transform=grid)
+def _vrt_over(tmp_path, member) -> Path:
+    """A 20 x 20 VRT in UTM 33N whose one band is ``member``'s."""
     vrt = tmp_path / "m.vrt"
     vrt.write_text(
         '<VRTDataset rasterXSize="20" rasterYSize="20"><SRS>EPSG:32633</SRS>'
         "<GeoTransform>400000, 10, 0, 6000000, 0, -10</GeoTransform>"
         '<VRTRasterBand dataType="Float32" band="1"><SimpleSource>'
-        '<SourceFilename relativeToVRT="1">a.tif</SourceFilename><SourceBand>1</SourceBand>'
+        f'<SourceFilename relativeToVRT="1">{member.name}</SourceFilename><SourceBand>1</SourceBand>'
         "</SimpleSource></VRTRasterBand></VRTDataset>"
     )
+    return vrt
+
+
+def test_vrt_fingerprint_changes_with_a_member_file(tmp_path):
+    grid = from_origin(400_000, 6_000_000, 10, 10)
+    a = write_geotiff(tmp_path / "a.tif", np.full((1, 20, 20), 1, np.float32), crs=UTM, transform=grid)
+    vrt = _vrt_over(tmp_path, a)
     before = raster_fingerprint(vrt)
     assert raster_fingerprint(a) == fingerprint.file_fingerprint(a)  # a lone GeoTIFF: its file's sha256
     assert before != fingerprint.file_fingerprint(vrt)  # the VRT's covers its member too
@@ -111,14 +118,7 @@ def test_locations_follow_the_files_behind_a_vrt_region(tmp_path):
 
     grid = from_origin(400_000, 6_000_000, 10, 10)
     a = write_geotiff(tmp_path / "a.tif", np.full((1, 20, 20), 1, np.float32), crs=UTM, transform=grid)
-    vrt = tmp_path / "m.vrt"
-    vrt.write_text(
-        '<VRTDataset rasterXSize="20" rasterYSize="20"><SRS>EPSG:32633</SRS>'
-        "<GeoTransform>400000, 10, 0, 6000000, 0, -10</GeoTransform>"
-        '<VRTRasterBand dataType="Float32" band="1"><SimpleSource>'
-        '<SourceFilename relativeToVRT="1">a.tif</SourceFilename><SourceBand>1</SourceBand>'
-        "</SimpleSource></VRTRasterBand></VRTDataset>"
-    )
+    vrt = _vrt_over(tmp_path, a)
     cfg = parse_config({"workdir": str(tmp_path / "run"),
                         "locations": {"region": {"raster": str(vrt)}, "n": 30, "block_size_m": 50}})
     _, meta = build_locations(cfg)

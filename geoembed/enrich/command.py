@@ -25,7 +25,8 @@ from pathlib import Path
 from geoembed.errors import InputError
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (a usage error otherwise)."""
     try:
         v = int(text)
     except ValueError:
@@ -60,7 +61,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                                                       "several layers")
     parser.add_argument("--infer-types", action="store_true",
                         help="CSV: infer column types (numbers, dates) instead of keeping every column's text")
-    parser.add_argument("--points-per-polygon", type=_positive_int, default=DEFAULT_POINTS,
+    parser.add_argument("--points-per-polygon", type=positive_int, default=DEFAULT_POINTS,
                         help=f"polygons: points sampled in each (default {DEFAULT_POINTS})")
     parser.add_argument("--polygon-seed", type=int, default=0, help="polygons: seed of the sampled points")
     parser.add_argument("--weight-raster", default=None,
@@ -68,11 +69,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-invalid", choices=("error", "null"), default="error",
                         help="invalid coordinates: error (default, lists the first bad rows) or null "
                              "(empty embeddings and a geoembed_invalid reason)")
-    parser.add_argument("--chunk-rows", type=_positive_int, default=262_144,
+    parser.add_argument("--chunk-rows", type=positive_int, default=262_144,
                         help="rows per streamed chunk (default 262144)")
-    parser.add_argument("--embed-batch", type=_positive_int, default=DEFAULT_EMBED_BATCH,
+    parser.add_argument("--embed-batch", type=positive_int, default=DEFAULT_EMBED_BATCH,
                         help=f"rows per encoder call (default {DEFAULT_EMBED_BATCH})")
-    parser.add_argument("--workers", type=_positive_int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=None,
                         help="embedding threads for a file, Dask workers for a local folder run "
                              "(default: the number of cores, at most 8)")
     parser.add_argument("--reduction", default=None, help="reduction JSON from `fit-reduction`: output "
@@ -80,7 +81,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scheduler", default=None,
                         help="Dask distributed scheduler address for a folder of parts (default: env "
                              "GEOEMBED_SCHEDULER, else local)")
-    parser.add_argument("--n-components", type=_positive_int, default=None,
+    parser.add_argument("--n-components", type=positive_int, default=None,
                         help="fit-reduction: number of components to keep")
     parser.add_argument("--whiten", action="store_true",
                         help="fit-reduction: scale components to unit variance on the reference table")

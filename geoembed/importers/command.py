@@ -17,17 +17,8 @@ import argparse
 import math
 from pathlib import Path
 
+from geoembed.enrich.command import positive_int
 from geoembed.errors import InputError
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return v
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -35,7 +26,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--card", default=None, help="YAML/JSON file of model-card fields to add or replace")
     g = p.add_argument_group("reduction shipped in the bundle (optional)")
-    g.add_argument("--components", type=_positive_int, default=None, help="keep K principal components")
+    g.add_argument("--components", type=positive_int, default=None, help="keep K principal components")
     g.add_argument("--whiten", action="store_true", help="scale components to unit variance on the reference")
     g.add_argument("--reference-bbox", type=float, nargs=4, metavar=("LON0", "LAT0", "LON1", "LAT1"), default=None,
                    help="reference region: a lon/lat box (lon0 > lon1 crosses the antimeridian)")
@@ -44,7 +35,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reference-table", default=None, help="reference locations: a table's coordinates")
     g.add_argument("--lon-col", default="lon", help="longitude column of --reference-table (default lon)")
     g.add_argument("--lat-col", default="lat", help="latitude column of --reference-table (default lat)")
-    g.add_argument("--reference-n", type=_positive_int, default=20_000,
+    g.add_argument("--reference-n", type=positive_int, default=20_000,
                    help="locations drawn in a reference region (default 20000)")
     g.add_argument("--seed", type=int, default=0, help="seed of the reference draw (default 0)")
 

@@ -18,19 +18,12 @@ import pandas as pd
 from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from geoembed.config.evaluate import FAMILY_LINKS  # links each family accepts; the first is the default
 from geoembed.errors import GeoembedError, InputError
 from geoembed.evaluate.metrics import deviance
 
 log = logging.getLogger(__name__)
 
-#: Links each family accepts; the first is the default (the same table as ``geoembed.config.evaluate``).
-FAMILY_LINKS: dict[str, tuple[str, ...]] = {
-    "poisson": ("log", "identity"),
-    "gamma": ("log", "identity"),
-    "tweedie": ("log",),
-    "gaussian": ("identity", "log"),
-    "binomial": ("logit", "log"),
-}
 UNKNOWN_CATEGORIES = ("error", "most_frequent")
 
 
