@@ -188,6 +188,12 @@ class TrainConfig(Section):
     )
     num_threads: int | None = Field(default=None, ge=1)
     seed: int | None = Field(default=None, description="default: the config's top-level seed")
+    ensemble: int = Field(
+        default=1, ge=1, le=16,
+        description="train this many members (seeds seed, seed+1, ...) on the same locations and ship the "
+        "mean of their coordinate encoders after aligning them by orthogonal Procrustes: steadier "
+        "embeddings across seeds, at one training per member (max_minutes applies to each member)",
+    )
     max_minutes: float | None = Field(default=None, gt=0, description="stop after the epoch that passes it")
     out_of_support_km: float = Field(default=5.0, ge=0)
     retrieval_rows: int = Field(default=4096, ge=10, description="validation rows used for retrieval acc.")

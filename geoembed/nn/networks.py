@@ -142,11 +142,24 @@ def check_network_spec(spec: object) -> tuple[type, dict]:
         from geoembed.nn.geoclip import RFFBranches
 
         cls = RFFBranches
+    elif kind == "ensemble":
+        from geoembed.nn.ensemble import Ensemble
+
+        cls = Ensemble
     else:
-        raise SpecError("type", f"unknown network type {describe_value(kind)} (use siren, mlp or rff_branches)")
-    if kind != "rff_branches":
+        raise SpecError("type", f"unknown network type {describe_value(kind)} "
+                                "(use siren, mlp, rff_branches or ensemble)")
+    if kind not in ("rff_branches", "ensemble"):
         kwargs.setdefault("hidden", [128, 128])
     check_spec_args(f"{kind} network", cls, kwargs, supplied=("in_dim", "out_dim"))
+    if kind == "ensemble":  # the member spec is checked here too, so errors name its key path
+        member = kwargs.get("member")
+        if isinstance(member, Mapping) and member.get("type") == "ensemble":
+            raise SpecError("member.type", "an ensemble's member cannot itself be an ensemble")
+        try:
+            check_network_spec(member)
+        except ConfigError as err:
+            raise within("member", err) from None
     return cls, kwargs
 
 
@@ -155,7 +168,8 @@ def build_network(spec: Mapping, in_dim: int, out_dim: int) -> nn.Module:
     checked by :func:`check_network_spec` first.
 
     ``rff_branches`` is GeoCLIP's multi-scale random-Fourier-feature network (:mod:`geoembed.nn.geoclip`),
-    used by imported GeoCLIP bundles.
+    used by imported GeoCLIP bundles; ``ensemble`` the Procrustes-aligned mean of several networks
+    (:mod:`geoembed.nn.ensemble`), written by ``train.ensemble``.
     """
     cls, kwargs = check_network_spec(spec)
     return cls(in_dim=in_dim, out_dim=out_dim, **kwargs)

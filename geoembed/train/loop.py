@@ -53,7 +53,7 @@ from geoembed.train.step import StepRunner, setup_distributed
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate", "train"]
+__all__ = ["evaluate", "fit_model", "train"]
 
 
 @torch.no_grad()
@@ -147,14 +147,17 @@ def _prepare_run_dir(cfg: Config, fingerprint: str, *, rank: int, world: int, re
     """``<workdir>/train`` holding this run: a checkpoint of another run is an error (or removed with
     ``overwrite`` / ``resume=False``); the resolved config is written."""
     run_dir = cfg.workdir_path / RUN_DIR
-    ckpt = run_dir / CHECKPOINT
-    if ckpt.exists() and rank == 0:
-        old = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").is_file() else {}
+    ckpts = [run_dir / CHECKPOINT, *sorted(run_dir.glob(f"member*/{CHECKPOINT}"))]  # members: train.ensemble
+    ckpts = [c for c in ckpts if c.exists()]
+    if ckpts and rank == 0:
         if overwrite or not resume:
             shutil.rmtree(run_dir)
-        elif old.get("fingerprint") != fingerprint:
-            raise ConfigError(f"{ckpt} belongs to a run with other settings or data; pass --overwrite to "
-                              "start again (or --no-resume)")
+        for ckpt in ckpts if run_dir.exists() else []:
+            old = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").is_file() else {}
+            own = fingerprint if ckpt.parent == run_dir else f"{fingerprint}-{ckpt.parent.name}"
+            if old.get("fingerprint") != own:
+                raise ConfigError(f"{ckpt} belongs to a run with other settings or data; pass --overwrite to "
+                                  "start again (or --no-resume)")
     _barrier(world)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -178,6 +181,32 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
         log.info("bundle %s is up to date with these settings and data; nothing to train", done)
         return {"stopped": "up_to_date", "bundle": str(done), "metrics": json.loads((done / "metrics.json").read_text())}
     run_dir = _prepare_run_dir(cfg, fingerprint, rank=rank, world=world, resume=resume, overwrite=overwrite)
+    if tc.ensemble > 1:
+        from geoembed.train.ensemble import train_ensemble
+
+        out = train_ensemble(cfg, data, seed, run_dir, fingerprint, device=device, rank=rank, world=world,
+                             stop_after_epochs=stop_after_epochs)
+        if out.get("stopped") == "interrupted":
+            return out
+        encoder, summary, best_row = out["encoder"], out["summary"], out["best_row"]
+    else:
+        fit = fit_model(cfg, data, seed, run_dir, fingerprint, device=device, rank=rank, world=world,
+                        stop_after_epochs=stop_after_epochs)
+        if fit.get("stopped") == "interrupted":
+            return fit
+        encoder, summary, best_row = fit["model"].coord, fit["summary"], fit["best_row"]
+    if rank == 0:
+        summary.update(_write_bundle(cfg, encoder, summary, best_row, fingerprint, data))
+    _barrier(world)
+    return summary
+
+
+def fit_model(cfg: Config, data: TrainData, seed: int, run_dir: Path, fingerprint: str, *,
+              device: torch.device, rank: int = 0, world: int = 1, stop_after_epochs: int | None = None) -> dict:
+    """Train one model with ``seed`` in ``run_dir`` (its checkpoint and metrics; resumed when a checkpoint
+    is there) and return ``{"model", "summary", "best_row"}`` with the best weights loaded, or the
+    ``{"stopped": "interrupted", ...}`` summary when ``stop_after_epochs`` ended it early."""
+    tc = cfg.train
     ckpt = run_dir / CHECKPOINT
 
     if tc.validation == "random":
@@ -285,15 +314,13 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
                "best_val_loss": best_row.get("val_loss"),
                "epochs_run": len(history), "n_train": int(n_train), "n_val": int(len(val_idx)),
                "history": history}
-    if rank == 0:
-        summary.update(_write_bundle(cfg, model, summary, best_row, fingerprint, data, lon_np, lat_np))
-    _barrier(world)
-    return summary
+    return {"model": model, "summary": summary, "best_row": best_row}
 
 
-def _write_bundle(cfg: Config, model: MultiViewModel, summary: dict, best_row: dict, fingerprint: str,
-                  data: TrainData, lon: np.ndarray, lat: np.ndarray) -> dict:
-    """The bundle of ``model``'s coordinate encoder (the best weights, already loaded) and its metrics."""
+def _write_bundle(cfg: Config, encoder: torch.nn.Module, summary: dict, best_row: dict, fingerprint: str,
+                  data: TrainData) -> dict:
+    """The bundle of the trained coordinate ``encoder`` (the best weights, already loaded) and its metrics
+    (an ensemble's summary adds its ``ensemble`` entry)."""
     from geoembed.io.bundle import save_bundle
 
     tc = cfg.train
@@ -301,12 +328,14 @@ def _write_bundle(cfg: Config, model: MultiViewModel, summary: dict, best_row: d
                                        "n_train", "n_val")}
     metrics.update({k: best_row.get(k) for k in ("val_top1", "val_top5", "chance_top1", "train_loss",
                                                   "temperature")})
+    if "ensemble" in summary:
+        metrics["ensemble"] = summary["ensemble"]
     metrics["run_fingerprint"] = fingerprint
     metrics["budget"] = training_budget(tc)
-    enc = model.coord.to("cpu").eval()
+    enc = encoder.to("cpu").eval()
     # The bundle's spec leaves out training-only settings (dropout): its encoder has no dropout at all.
     bundle = save_bundle(cfg.workdir_path / BUNDLE_DIR, enc, enc.inference_spec,
-                         footprint=training_footprint(lon, lat),
+                         footprint=training_footprint(data.lon.numpy(), data.lat.numpy()),
                          out_of_support_km=tc.out_of_support_km, config=cfg.model_dump(mode="json"),
                          metrics=metrics, data_fingerprint=data.fingerprint)
     return {"bundle": str(bundle), "metrics": metrics}
