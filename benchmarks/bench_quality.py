@@ -52,9 +52,11 @@ def seed_config(config: Path, seed: int, workdir: Path, overrides: list[str]):
     from geoembed.config import parse_config, read_yaml
 
     data = read_yaml(config.read_text())
-    out = workdir / f"seed{seed}"
+    out = Path(workdir).resolve() / f"seed{seed}"  # relative to the current folder, not to the config
     data["seed"] = seed
     data["workdir"] = str(out)
+    data["enrich"]["input"] = str(out / "olinda_tracts.parquet")
+    data["enrich"]["output"] = str(out / "olinda_tracts_enriched.parquet")
     data["evaluate"]["table"] = str(out / "olinda_tracts_enriched.parquet")
     data["evaluate"]["output"] = str(out / "report")
     data["evaluate"]["figures"] = False
@@ -188,6 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "quality"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", help="also write the per-seed figures to this JSON file")
+    parser.add_argument("--record", action="store_true",
+                        help="write benchmarks/quality_seeds.json: the figures the demo quotes for these settings")
     args = parser.parse_args(argv)
     for s in args.seeds:  # validate every seed's config before any work
         seed_config(Path(args.config), s, Path(args.workdir), args.overrides)
@@ -203,6 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbench_quality: {args.config} {' '.join('--set ' + o for o in args.overrides)}")
     print(report(results))
     print(f"\n{len(results)} seeds in {time.perf_counter() - t:.0f} s wall")
+    if args.record:
+        from geoembed.seeds import RECORD, record_seeds, settings_key
+
+        key = settings_key(seed_config(Path(args.config), args.seeds[0], Path(args.workdir), args.overrides))
+        rows = [{"seed": r["seed"], "ratios": {m: r["ratios"][(m, "embeddings")] for m in MODELS
+                                               if (m, "embeddings") in r["ratios"]}} for r in results]
+        command = "python benchmarks/bench_quality.py " + " ".join(
+            ["--seeds", *map(str, args.seeds)] + [f"--set {o}" for o in args.overrides])
+        record_seeds(RECORD, key, Path(args.config).name, rows, command.strip())
+        print(f"recorded in {RECORD}")
     if args.json:
         Path(args.json).write_text(json.dumps(
             [{**r, "ratios": {f"{m}:{f}": v for (m, f), v in r["ratios"].items()}} for r in results], indent=1))

@@ -83,10 +83,19 @@ def run_demo(cfg: Config, overwrite: bool = False) -> dict:
         ok = "meets" if r["deviance_ratio"] <= TARGET_RATIO else "misses"
         print(f"{r['model']} on embeddings: deviance ratio {r['deviance_ratio']:.3f} ({ok} the "
               f"<= {TARGET_RATIO} target)")
+    for line in _seed_spread(cfg):
+        print(line)
     report = results["evaluate"].outputs["report"]
     print(f"report: {report}  (report.md, evaluation.json, figures)")
     print(f"demo finished in {time.perf_counter() - t_all:.0f} s")
     return {"report": report, "bundle": results["train"].outputs["bundle"], "pooled": pooled.to_dict("records")}
+
+
+def _seed_spread(cfg: Config) -> list[str]:
+    """How many seeds back the printed figures (:mod:`geoembed.seeds`)."""
+    from geoembed.seeds import seed_spread_lines
+
+    return seed_spread_lines(cfg)
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
