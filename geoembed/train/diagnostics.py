@@ -309,8 +309,7 @@ def format_diagnostics(diag: dict) -> str:
                  f"{var['effective_dims']:.1f} effective of {var['embedding_dim']} dimensions")
     parts = [f"{s['separation_m'] / 1000:g} km {s['share']:.0%}" for s in var["scales"] if s["share"] is not None]
     if parts:
-        lines.append("  share of that variance reached at: " + ", ".join(parts)
-                     + " (100% = as different as random points)")
+        lines.append("  by scale (variance between points this far apart, share of the total): " + ", ".join(parts))
     lines += [f"  - {r}" for r in diag["reasons"]]
     lines += [f"  try: {a}" for a in diag["advice"]]
     return "\n".join(lines)
