@@ -54,6 +54,9 @@ def test_retrieval_against_chance():
     assert r["lift_top5"] == pytest.approx(20.0)
     assert r["z_top5"] == pytest.approx((0.2 - 0.01) / math.sqrt(0.01 * 0.99 / 500))
     assert dg.retrieval_summary({}) is None and dg.retrieval_summary(None) is None
+    # A trained bundle whose held-out rows were too few to rank says so (not "not recorded").
+    d = dg.diagnose(smooth, OLINDA_BOX, TINY_SPEC, {"best_epoch": 2, "epochs_run": 5, "stopped": "early_stopping"})
+    assert d["retrieval"] is None and any("fewer than 5 held-out" in r for r in d["reasons"])
 
 
 def test_smooth_map_with_good_retrieval_is_ok():
@@ -74,11 +77,15 @@ def test_constant_encoder_fails_with_advice_to_train_more():
     assert d["variation"]["spread"] == pytest.approx(0.0, abs=1e-12)
     assert any("at chance" in r for r in d["reasons"]) and any("nearly constant" in r for r in d["reasons"])
     assert "train.epochs" in d["advice"][0] and "still improving" in d["advice"][0]
-    assert "locations.n" in d["advice"][1]
+    assert "valid fractions" in d["advice"][-1]
+    # Stopped early on a plateau: more locations come first.
+    d = dg.diagnose(constant, OLINDA_BOX, TINY_SPEC, metrics(0.011, n=500, best_epoch=3, stopped="early_stopping"))
+    assert d["verdict"] == "failed" and "locations.n; 4000 trained on" in d["advice"][0]
     # Without retrieval (an older or imported bundle): the variation alone still fails it.
     d = dg.diagnose(constant, OLINDA_BOX, TINY_SPEC, None)
     assert d["verdict"] == "failed" and d["retrieval"] is None
     assert any("not available" in r for r in d["reasons"])
+    assert "train.epochs" in d["advice"][0] and "locations.n" in d["advice"][1]
 
 
 def test_a_little_variation_or_weak_retrieval_is_weak():
@@ -105,6 +112,35 @@ def test_noise_at_the_finest_scale_is_weak_with_advice_on_wavelength_and_jitter(
     assert any("train.jitter_m (now 20 m; try about 90 m)" in a for a in d["advice"])
     d = dg.diagnose(noise, OLINDA_BOX, TINY_SPEC, metrics(0.2), jitter_m=100.0, n_points=1024)
     assert not any("jitter" in a for a in d["advice"])  # already enough jitter for the doubled wavelength
+
+
+def _history(val_losses, train_losses=None):
+    train_losses = train_losses or [5.0 - 0.2 * i for i in range(len(val_losses))]
+    pairs = enumerate(zip(val_losses, train_losses, strict=True))
+    return [{"epoch": i, "val_loss": v, "train_loss": t} for i, (v, t) in pairs]
+
+
+def test_held_out_loss_rising_while_training_loss_falls_is_memorising():
+    # The Olinda kit's 400 m encoder without jitter: held-out loss 6.28 at epoch 2, 6.64 at the best epoch 11.
+    mem = _history([6.70, 6.36, 6.28, 6.30, 6.33, 6.36, 6.39, 6.43, 6.49, 6.53, 6.57, 6.64])
+    m = metrics(0.078, n=1975, best_epoch=11, epochs_run=12, stopped="epochs")
+    d = dg.diagnose(smooth, OLINDA_BOX, TINY_SPEC, m, history=mem, jitter_m=0.0)
+    loss = d["held_out_loss"]
+    assert loss["minimum_epoch"] == 2 and loss["rise"] == pytest.approx(0.36) and loss["train_loss_fell"]
+    assert d["verdict"] == "weak" and any("memorising" in r for r in d["reasons"])
+    assert any("raise min_wavelength_m" in a and "600 m" in a for a in d["advice"])
+    assert any("train.jitter_m (now 0 m" in a for a in d["advice"])
+    assert not any("more epochs" in a for a in d["advice"])  # more epochs would memorise more
+    # The demo's 1,000 m / 150 m encoder: the held-out loss stays at its minimum (+0.01): ok.
+    demo = _history([6.78, 6.25, 5.98, 5.87, 5.82, 5.79, 5.76, 5.73, 5.728, 5.723, 5.730, 5.731])
+    assert dg.diagnose(smooth, OLINDA_BOX, TINY_SPEC, m, history=demo)["verdict"] == "ok"
+    # Too few held-out candidates to judge a noisy loss; a training loss that rose too is not memorising.
+    few = metrics(0.3, n=150, best_epoch=11, epochs_run=12, stopped="epochs")
+    assert dg.diagnose(smooth, OLINDA_BOX, TINY_SPEC, few, history=mem)["verdict"] == "ok"
+    both = _history([6.70, 6.36, 6.28, 6.30, 6.64], [5.0, 4.0, 3.0, 3.5, 3.6])
+    m5 = metrics(0.078, n=1975, best_epoch=4, epochs_run=5, stopped="epochs")
+    assert dg.diagnose(smooth, OLINDA_BOX, TINY_SPEC, m5, history=both)["verdict"] == "ok"
+    assert dg.held_out_loss(None, m) is None and dg.held_out_loss(mem, {}) is None
 
 
 def test_footprint_small_for_the_wavelength_is_weak_with_advice_to_lower_it():
@@ -172,6 +208,16 @@ def test_trained_bundle_stores_diagnostics_and_outputs_are_unchanged(tmp_path, m
     assert all(math.isfinite(v[k]) for k in ("spread", "raw_variance_share", "effective_dims"))
     assert v["scales"] and all(math.isfinite(s["share"]) for s in v["scales"])
     assert summary["metrics"]["diagnostics"] == stored
+    assert stored["held_out_loss"]["minimum_epoch"] <= summary["best_epoch"]
+    # Recomputed for the bundle (as for one written before the diagnostics): the history comes from the
+    # run folder beside it, and the figures are the stored ones.
+    b = load_bundle(bundle)
+    b.metrics.pop("diagnostics")
+    again = dg.bundle_diagnostics(b)
+    assert again["computed"] == "on demand" and again["held_out_loss"] == stored["held_out_loss"]
+    assert again["verdict"] == stored["verdict"] and again["retrieval"] == stored["retrieval"]
+    b.metrics["best_val_loss"] = 123.0  # a run folder of another run: its history is not used
+    assert dg.bundle_diagnostics(b)["held_out_loss"] is None
 
     def boom(*args, **kwargs):
         raise RuntimeError("diagnostics broke")

@@ -12,6 +12,13 @@ the ``n`` held-out candidates from its views (:func:`geoembed.train.loop.evaluat
 one is first with probability ``1/n`` and in the top 5 with ``5/n``. Reported: top-1 and top-5, their
 chance levels, the top-5 lift (top-5 / chance) and its z-score against chance (binomial, ``n`` trials).
 
+**Held-out loss** (from the per-epoch history): its value at the best epoch against its minimum over the
+epochs up to then. The best epoch is picked by ``train.monitor`` (the demo: top-5 retrieval); a held-out
+loss that rose well above its minimum while the training loss kept falling is the mark of an encoder
+memorising location identity (on the Olinda kit, 400 m without jitter: +0.36 nats; the demo's 1,000 m /
+150 m: +0.01). For a bundle, ``<workdir>/train/metrics.jsonl`` beside it gives the history when its best
+epoch's loss is the bundle's.
+
 **Variation** (computed from the encoder): ``n_points`` points uniform in area inside the footprint.
 Embeddings are compared by direction (unit length), as the trainer compares them:
 
@@ -36,13 +43,15 @@ Embeddings are compared by direction (unit length), as the trainer compares them
   z < :data:`Z_FAILED`), or a nearly constant embedding (spread < :data:`SPREAD_FAILED`);
 * ``weak``: top-5 lift < :data:`LIFT_WEAK` (half the largest possible lift, ``n / 10``, when that is
   lower); spread < :data:`SPREAD_WEAK`; share at the finest wavelength
-  > :data:`FINEST_SHARE_NOISE`; or a footprint not much larger than the finest wavelength (median point
+  > :data:`FINEST_SHARE_NOISE`; a held-out loss that rose more than :data:`VAL_LOSS_RISE` from its minimum
+  (at least 2 epochs before the best, the training loss falling, :data:`VAL_LOSS_MIN_ROWS` candidates or
+  more); or a footprint not much larger than the finest wavelength (median point
   distance < :data:`FOOTPRINT_MIN_WAVELENGTHS` wavelengths);
 * ``ok`` otherwise. Without retrieval (imported or older bundles) the verdict rests on the variation alone.
 
 Advice names the setting to change: ``train.epochs`` (the best epoch was the last: still improving),
 ``locations.n``, ``min_wavelength_m`` of the local encoding (down when the footprint is small for it,
-up when the map is noise at the finest scale) and ``train.jitter_m`` (about :data:`JITTER_PER_WAVELENGTH`
+up when the map is noise at the finest scale or the held-out loss rose) and ``train.jitter_m`` (about :data:`JITTER_PER_WAVELENGTH`
 times the finest wavelength).
 """
 
@@ -61,12 +70,15 @@ __all__ = [
     "LIFT_WEAK",
     "SPREAD_FAILED",
     "SPREAD_WEAK",
+    "VAL_LOSS_MIN_ROWS",
+    "VAL_LOSS_RISE",
     "Z_FAILED",
     "bundle_diagnostics",
     "diagnose",
     "encoder_embed",
     "finest_wavelength_m",
     "format_diagnostics",
+    "held_out_loss",
     "retrieval_summary",
     "variation",
 ]
@@ -88,6 +100,11 @@ FINEST_SHARE_NOISE = 0.85
 #: Footprint median point distance, in finest wavelengths, below which the encoder can hardly vary (weak).
 FOOTPRINT_MIN_WAVELENGTHS = 2.0
 
+#: Rise (nats) of the held-out loss from its minimum to the best epoch, with the training loss falling, above
+#: which the encoder is memorising (weak). The demo's 1,000 m encoder: 0.01; 400 m without jitter: 0.36.
+VAL_LOSS_RISE = 0.1
+#: Held-out candidates needed before the held-out loss's rise is judged (fewer: too noisy).
+VAL_LOSS_MIN_ROWS = 200
 #: Coordinate jitter suggested per metre of finest wavelength (the demo's 150 m for 1,000 m works).
 JITTER_PER_WAVELENGTH = 0.15
 
@@ -145,6 +162,25 @@ def retrieval_summary(metrics: dict | None) -> dict | None:
             "chance_top1": 1.0 / n, "chance_top5": c5, "lift_top5": float(top5) / c5, "z_top5": float(z)}
 
 
+def held_out_loss(history: list[dict] | None, metrics: dict | None) -> dict | None:
+    """The held-out loss at the best epoch against its minimum over the epochs up to it, from the per-epoch
+    ``history`` (``metrics.jsonl`` rows); None without a history holding the best epoch."""
+    best = (metrics or {}).get("best_epoch")
+    rows = [h for h in history or [] if isinstance(h, dict) and isinstance(h.get("epoch"), int)
+            and isinstance(h.get("val_loss"), int | float) and math.isfinite(h["val_loss"])]
+    rows = [h for h in rows if best is not None and h["epoch"] <= best]
+    at_best = next((h for h in rows if h["epoch"] == best), None)
+    if at_best is None:
+        return None
+    low = min(rows, key=lambda h: h["val_loss"])
+    fell = None
+    if isinstance(at_best.get("train_loss"), int | float) and isinstance(low.get("train_loss"), int | float):
+        fell = bool(at_best["train_loss"] < low["train_loss"])
+    return {"at_best_epoch": float(at_best["val_loss"]), "minimum": float(low["val_loss"]),
+            "minimum_epoch": int(low["epoch"]), "rise": float(at_best["val_loss"] - low["val_loss"]),
+            "train_loss_fell": fell}
+
+
 def variation(embed: Embed, footprint, spec: dict, *, n_points: int = 4096, seed: int = 0) -> dict:
     """How the embedding varies over ``footprint`` (a lon/lat polygon) and at which scales (see the
     module docstring); ``embed`` maps lon/lat arrays to raw ``(N, d)`` embeddings."""
@@ -181,14 +217,15 @@ def variation(embed: Embed, footprint, spec: dict, *, n_points: int = 4096, seed
             u2 = _unit(np.asarray(embed(lon2[inside], lat2[inside]), dtype=np.float64))
             gamma = float(0.5 * ((u[:half][inside] - u2) ** 2).sum(1).mean())
             row["semivariance"] = gamma
-            row["share"] = gamma / spread if spread > 0 else None
+            row["share"] = gamma / spread if spread > 1e-12 else None
         scales.append(row)
     return {"points": int(n_points), "embedding_dim": int(e.shape[1]), "spread": spread,
             "raw_variance_share": raw_share, "effective_dims": dims, "finest_wavelength_m": finest,
             "median_point_distance_m": typical_m, "scales": scales}
 
 
-def _verdict(ret: dict | None, var: dict, metrics: dict, jitter_m: float | None) -> tuple[str, list, list]:
+def _verdict(ret: dict | None, loss: dict | None, var: dict, metrics: dict,
+             jitter_m: float | None) -> tuple[str, list, list]:
     """(verdict, reasons, advice) from the thresholds of the module docstring."""
     rank = {"ok": 0, "weak": 1, "failed": 2}
     level, reasons, advice = "ok", [], []
@@ -197,6 +234,18 @@ def _verdict(ret: dict | None, var: dict, metrics: dict, jitter_m: float | None)
         nonlocal level
         level = new if rank[new] > rank[level] else level
         reasons.append(reason)
+
+    def coarser() -> None:  # advice against memorising, once
+        if any("raise min_wavelength_m" in a for a in advice):
+            return
+        if finest is None:
+            advice.append("a coarser coordinate encoding (its finest wavelength) or more train.jitter_m")
+            return
+        advice.append(f"raise min_wavelength_m of the local encoding (now {finest:g} m; try {2 * finest:g} m)")
+        jitter = JITTER_PER_WAVELENGTH * 2 * finest  # for the doubled wavelength
+        if jitter_m is None or jitter_m < jitter:
+            now = f"now {jitter_m:g} m; " if jitter_m is not None else ""
+            advice.append(f"raise train.jitter_m ({now}try about {jitter:.0f} m)")
 
     finest = var["finest_wavelength_m"]
     still_improving = (metrics.get("best_epoch") is not None and metrics.get("epochs_run")
@@ -230,42 +279,52 @@ def _verdict(ret: dict | None, var: dict, metrics: dict, jitter_m: float | None)
         worse("weak", f"the embedding varies mostly at the finest scale ({fine['share']:.0%} of its variance is "
                       f"reached {finest:g} m apart, above {FINEST_SHARE_NOISE:.0%}): noise or memorised "
                       f"location identity")
-        advice.append(f"raise min_wavelength_m of the local encoding (now {finest:g} m; try {2 * finest:g} m)")
-        jitter = JITTER_PER_WAVELENGTH * 2 * finest  # for the doubled wavelength
-        if jitter_m is None or jitter_m < jitter:
-            now = f"now {jitter_m:g} m; " if jitter_m is not None else ""
-            advice.append(f"raise train.jitter_m ({now}try about {jitter:.0f} m)")
+        coarser()
+    enough_rows = ret is None or ret["n_candidates"] >= VAL_LOSS_MIN_ROWS
+    memorising = bool(loss is not None and enough_rows and loss["rise"] > VAL_LOSS_RISE and loss["train_loss_fell"]
+                      and metrics["best_epoch"] - loss["minimum_epoch"] >= 2)
+    if memorising:
+        worse("weak", f"the held-out loss rose {loss['rise']:.2f} above its minimum (epoch {loss['minimum_epoch']}) "
+                      f"by the best epoch {metrics['best_epoch']} while the training loss kept falling: memorising "
+                      f"location identity rather than learning what the views share")
+        coarser()
     if undertrained:
-        if still_improving:
+        n_train = metrics.get("n_train")
+        more_locations = "more locations (locations.n" + (f"; {n_train} trained on)" if n_train else ")")
+        if still_improving:  # first things first: it had not finished learning
             advice.insert(0, f"train longer: raise train.epochs (ran {metrics['epochs_run']}; the best epoch was "
                              f"the last, so it was still improving) or train.max_minutes")
+        elif ret is not None:  # it stopped improving: more data
+            advice.insert(0, f"{more_locations}: training stopped improving at epoch {metrics.get('best_epoch')}")
         else:
-            advice.insert(0, "train longer (train.epochs, train.patience, train.max_minutes)")
-        n_train = metrics.get("n_train")
-        advice.insert(1, "more locations (locations.n" + (f"; {n_train} trained on)" if n_train else ")"))
-        if ret is not None:
+            advice[:0] = ["train longer (train.epochs, train.patience, train.max_minutes)", more_locations]
+        if ret is not None and level == "failed":
             advice.append("check the views' valid fractions (`geoembed inspect WORKDIR`): retrieval needs views "
                           "that differ between places")
-    elif still_improving:
+    elif still_improving and not memorising:  # more epochs would memorise more
         advice.append(f"the best epoch was the last of {metrics['epochs_run']}: more epochs (train.epochs) may "
                       f"still help")
     if ret is None:
-        reasons.append("held-out retrieval not available (not recorded with this bundle): verdict from the "
-                       "variation alone")
+        why = ("fewer than 5 held-out locations valid in every view" if metrics.get("best_epoch") is not None
+               else "not recorded with this bundle: trained before the diagnostics, or imported")
+        reasons.append(f"held-out retrieval not available ({why}): verdict from the variation alone")
     return level, reasons, advice
 
 
-def diagnose(embed: Embed, footprint, spec: dict, metrics: dict | None = None, *, jitter_m: float | None = None,
-             n_points: int = 4096, seed: int = 0) -> dict:
+def diagnose(embed: Embed, footprint, spec: dict, metrics: dict | None = None, *,
+             history: list[dict] | None = None, jitter_m: float | None = None, n_points: int = 4096,
+             seed: int = 0) -> dict:
     """The training diagnostics of an encoder (``embed``: raw ``(N, d)`` embeddings of lon/lat arrays) over
-    its ``footprint``: retrieval (from ``metrics``, the training metrics; None for an imported encoder),
-    variation, verdict, reasons and advice. Deterministic for ``seed``."""
+    its ``footprint``: retrieval (from ``metrics``, the training metrics; None for an imported encoder), the
+    held-out loss's course (from ``history``, the per-epoch rows), variation, verdict, reasons and advice.
+    Deterministic for ``seed``."""
     metrics = metrics or {}
     ret = retrieval_summary(metrics)
+    loss = held_out_loss(history, metrics)
     var = variation(embed, footprint, spec, n_points=n_points, seed=seed)
-    level, reasons, advice = _verdict(ret, var, metrics, jitter_m)
+    level, reasons, advice = _verdict(ret, loss, var, metrics, jitter_m)
     return _rounded({"version": VERSION, "verdict": level, "reasons": reasons, "advice": advice,
-                     "retrieval": ret, "variation": var})
+                     "retrieval": ret, "held_out_loss": loss, "variation": var})
 
 
 def _rounded(value):
@@ -291,8 +350,25 @@ def bundle_diagnostics(bundle, *, compute: bool = True) -> dict | None:
     train_cfg = (bundle.config or {}).get("train") if isinstance(bundle.config, dict) else None
     jitter = train_cfg.get("jitter_m") if isinstance(train_cfg, dict) else None
     out = diagnose(lambda lon, lat: bundle.embed(lon, lat, raw=True), bundle.footprint, bundle.meta["encoder"],
-                   bundle.metrics, jitter_m=jitter if isinstance(jitter, int | float) else None)
+                   bundle.metrics, history=_run_history(bundle),
+                   jitter_m=jitter if isinstance(jitter, int | float) else None)
     return {"computed": "on demand", **out}
+
+
+def _run_history(bundle) -> list[dict] | None:
+    """The per-epoch rows of the run that wrote ``bundle`` (``<workdir>/train/metrics.jsonl`` next to
+    ``<workdir>/bundle``), if that file is there and its best epoch's held-out loss is the bundle's."""
+    import json
+
+    path = bundle.path.parent / "train" / "metrics.jsonl"
+    metrics = bundle.metrics or {}
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+    best = next((r for r in rows if isinstance(r, dict) and r.get("epoch") == metrics.get("best_epoch")), None)
+    want = metrics.get("best_val_loss")
+    return rows if best is not None and want is not None and best.get("val_loss") == want else None
 
 
 def format_diagnostics(diag: dict) -> str:
@@ -305,6 +381,10 @@ def format_diagnostics(diag: dict) -> str:
                      f"(chance {ret['chance_top5']:.4f}; {ret['lift_top5']:.1f}x chance)")
     else:
         lines.append("  held-out retrieval: not available")
+    loss = diag.get("held_out_loss")
+    if loss is not None:
+        lines.append(f"  held-out loss at the best epoch {loss['at_best_epoch']:.3f}, its minimum {loss['minimum']:.3f} "
+                     f"(epoch {loss['minimum_epoch']})")
     lines.append(f"  variation over the footprint: spread {var['spread']:.3f} of 1 (unit embeddings), "
                  f"{var['effective_dims']:.1f} effective of {var['embedding_dim']} dimensions")
     parts = [f"{s['separation_m'] / 1000:g} km {s['share']:.0%}" for s in var["scales"] if s["share"] is not None]

@@ -311,7 +311,7 @@ def _write_bundle(cfg: Config, model: MultiViewModel, summary: dict, best_row: d
     # Did training work? Read-only on the final encoder; stored in metrics.json (not sealed, no output changes).
     try:
         metrics["diagnostics"] = diagnose(encoder_embed(enc), footprint, enc.inference_spec, metrics,
-                                          jitter_m=tc.jitter_m)
+                                          history=summary["history"], jitter_m=tc.jitter_m)
     except Exception as err:  # noqa: BLE001 - a diagnostics failure must not lose a finished training
         log.warning("training diagnostics could not be computed (%s); `geoembed inspect` computes them "
                     "on demand", err)
