@@ -103,7 +103,10 @@ def describe(path: str | Path, layer: str | None = None, *, diagnostics: bool = 
             from geoembed.train.diagnostics import bundle_diagnostics
 
             out = {**out, "meta": meta}
-            found = bundle_diagnostics(b, compute=diagnostics)
+            try:
+                found = bundle_diagnostics(b, compute=diagnostics)
+            except (InputError, ValueError) as err:  # the description stands without them
+                found = {"computed": "on demand", "error": str(err)}
             if found is not None:  # last: what the reader sees at the end
                 out["training_diagnostics"] = found
             return out

@@ -182,12 +182,22 @@ def test_constant_bundle_on_demand_and_inspect(tmp_path, capsys):
     assert "training_diagnostics" not in capsys.readouterr().out
 
 
-def test_older_untrained_bundle_still_inspects(tmp_path):
+def test_older_untrained_bundle_still_inspects(tmp_path, monkeypatch):
+    from geoembed.errors import InputError
+    from geoembed.inspect import describe
+
     path = make_tiny_bundle(tmp_path / "b")
     b = load_bundle(path)  # seal verified: nothing about diagnostics is sealed
     diag = dg.bundle_diagnostics(b)
     assert diag["verdict"] in ("ok", "weak", "failed") and diag["retrieval"] is None
     assert dg.bundle_diagnostics(b, compute=False) is None
+
+    def fail(*args, **kwargs):
+        raise InputError("could not draw 4096 points inside the region")
+
+    monkeypatch.setattr(dg, "variation", fail)  # the description stands without the diagnostics
+    info = describe(path)
+    assert info["embedding_dim"] == 4 and "could not draw" in info["training_diagnostics"]["error"]
 
 
 def test_trained_bundle_stores_diagnostics_and_outputs_are_unchanged(tmp_path, monkeypatch):
