@@ -72,8 +72,10 @@ def _other_table(path: Path, layer: str | None) -> dict:
     return info
 
 
-def describe(path: str | Path, layer: str | None = None) -> dict | list:
-    """A JSON-able description of the artefact or table at ``path`` (``layer``: of a GeoPackage)."""
+def describe(path: str | Path, layer: str | None = None, *, diagnostics: bool = True) -> dict | list:
+    """A JSON-able description of the artefact or table at ``path`` (``layer``: of a GeoPackage). A model
+    bundle's includes its training diagnostics (:mod:`geoembed.train.diagnostics`): those stored after
+    training, or, with ``diagnostics`` (the default), computed now for a bundle without them."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p} does not exist")
@@ -98,7 +100,16 @@ def describe(path: str | Path, layer: str | None = None) -> dict | list:
                 out["reduction"] = {k: red.get(k) for k in ("method", "n_components", "raw_embedding_dim",
                                                            "n_samples", "explained_variance_ratio")}
                 out["reduction"]["reference"] = (red.get("info") or {}).get("reference")
-            return {**out, "meta": meta}
+            from geoembed.train.diagnostics import bundle_diagnostics
+
+            out = {**out, "meta": meta}
+            try:
+                found = bundle_diagnostics(b, compute=diagnostics)
+            except (InputError, ValueError) as err:  # the description stands without them
+                found = {"computed": "on demand", "error": str(err)}
+            if found is not None:  # last: what the reader sees at the end
+                out["training_diagnostics"] = found
+            return out
         if (p / "evaluation.json").exists():
             recs = json.loads((p / "evaluation.json").read_text())
             pooled = [r for r in recs if r.get("fold") in (None, "pooled")]
@@ -109,10 +120,10 @@ def describe(path: str | Path, layer: str | None = None) -> dict | list:
         if (p / "locations.parquet").exists():
             out.append(_locations(p / "locations.parquet"))
         for sub in sorted((p / "views").glob("*")) if (p / "views").exists() else []:
-            out.append(describe(sub))
+            out.append(describe(sub, diagnostics=diagnostics))
         for name in ("bundle", "report"):
             if (p / name).exists():
-                out.append(describe(p / name))
+                out.append(describe(p / name, diagnostics=diagnostics))
         if not out:
             raise InputError(f"{p} holds no geoembed artefact")
         return out
@@ -149,10 +160,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                                      "(CSV, Parquet, GeoParquet, shapefile, GeoPackage, ...)")
     parser.add_argument("--layer", default=None, help="layer of a GeoPackage with several layers")
     parser.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    parser.add_argument("--no-diagnostics", action="store_true",
+                        help="do not compute training diagnostics for a bundle that has none stored")
 
 
 def run(args: argparse.Namespace) -> int:
-    info = describe(args.path, layer=args.layer)
+    info = describe(args.path, layer=args.layer, diagnostics=not args.no_diagnostics)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:

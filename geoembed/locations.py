@@ -27,12 +27,12 @@ from pyproj import Transformer
 from geoembed.config.build import LocationsConfig, RegionConfig, WeightConfig
 from geoembed.errors import InputError
 from geoembed.geo import (
-    east_of_antimeridian,
     grid_blocks,
     local_crs,
     morton_order,
     split_at_antimeridian,
     to_local_metres,
+    uniform_in_area,
     wrap_lon,
 )
 from geoembed.io.fingerprint import file_fingerprint
@@ -117,39 +117,6 @@ def coverage_mask(lon: np.ndarray, lat: np.ndarray, footprints: list) -> np.ndar
 
 
 # ---------------------------------------------------------------------------- samplers
-def _uniform_in(geom, n: int, rng: np.random.Generator, accept=None,
-                share: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """n points uniform in area on the sphere inside ``geom`` (rejection from its bounding box; a
-    region across the antimeridian is drawn from the box around its unwrapped parts) for which
-    ``accept(lon, lat)`` holds (a raster's valid-data area, covering about ``share`` of ``geom``)."""
-    geom = east_of_antimeridian(geom)
-    x0, y0, x1, y1 = geom.bounds
-    s0, s1 = np.sin(np.radians(y0)), np.sin(np.radians(y1))
-    shapely.prepare(geom)
-    out_lon, out_lat = [], []
-    got = 0
-    for _ in range(MAX_ROUNDS):
-        m = max(1024, int((n - got) * 1.3 * geom.envelope.area / max(geom.area, 1e-12)))
-        if share < 1.0:  # more draws for a sparse valid area, at most 4 M per round
-            m = max(m, min(int(m / max(share, 1e-9)), 1 << 22))
-        lon = rng.uniform(x0, x1, m)
-        lat = np.degrees(np.arcsin(rng.uniform(s0, s1, m)))
-        inside = shapely.contains_xy(geom, lon, lat)
-        if accept is not None:
-            sel = np.flatnonzero(inside)
-            inside[sel] = accept(wrap_lon(lon[sel]), lat[sel])
-        out_lon.append(lon[inside])
-        out_lat.append(lat[inside])
-        got += int(inside.sum())
-        if got >= n:
-            break
-    lon, lat = np.concatenate(out_lon)[:n], np.concatenate(out_lat)[:n]
-    lon = wrap_lon(lon)
-    if len(lon) < n:
-        raise InputError(f"could not draw {n} points inside the region (got {len(lon)}): is it degenerate?")
-    return lon, lat
-
-
 def _density_sampler(path: str, geom, rng: np.random.Generator, crs: str | None = None):
     """Return a function n -> (lon, lat) drawing points proportionally to a density raster (``crs``:
     the config's override of its CRS)."""
@@ -221,7 +188,8 @@ def sample_points(cfg: LocationsConfig, footprints: list, seed: int,
     report = SampleReport(requested=cfg.n)
     if cfg.weight is None:
         def draw(m: int):
-            return _uniform_in(geom, m, rng, accept, area.fraction if accept else 1.0)
+            return uniform_in_area(geom, m, rng, accept, area.fraction if accept else 1.0,
+                                   max_rounds=MAX_ROUNDS)
     elif cfg.weight.raster is not None:
         crs = cfg.weight.crs if cfg.weight.crs is not None else \
             (raster_options or {}).get(cfg.weight.raster, RasterOptions()).crs

@@ -111,8 +111,14 @@ def _train(cfg: Config, overwrite: bool, echo: Callable[[str], None]) -> StageRe
         return StageResult("train", True, f"up to date: bundle {bundle}", outputs={"bundle": bundle})
     m = summary["metrics"]
     top5 = m.get("val_top5")
+    diag = m.get("diagnostics")
+    if diag:
+        from geoembed.train.diagnostics import format_diagnostics
+
+        echo(format_diagnostics(diag))
     line = (f"{summary['epochs_run']} epochs ({summary['stopped']}), best epoch {m['best_epoch']}"
-            + (f", val top-5 {top5:.3f}" if top5 is not None else "") + f" -> {bundle}")
+            + (f", val top-5 {top5:.3f}" if top5 is not None else "")
+            + (f", verdict {diag['verdict']}" if diag else "") + f" -> {bundle}")
     return StageResult("train", False, line, outputs={"bundle": bundle})
 
 

@@ -76,3 +76,34 @@ def test_bundle_distance_to_a_footprint_across_the_antimeridian(tmp_path):
     np.testing.assert_allclose(d, SupportIndex(fp).distance_km(q_lon, q_lat), rtol=1e-9)
     assert d[0] == pytest.approx(haversine_km(west - 1.0, -17.0, west, -17.0), rel=0.05)  # ~106 km
     assert d[1] == 0.0
+
+
+def test_destination_is_at_the_distance_and_bearing_also_across_the_antimeridian():
+    from geoembed.geo import destination, haversine_km
+
+    lon = np.array([-34.87, 179.99, 10.0, 0.0])
+    lat = np.array([-7.99, 0.0, 60.0, 0.0])
+    bearing = np.array([0.0, 90.0, 225.0, 180.0])
+    dist = np.array([1.0, 5.0, 300.0, 111.195])
+    lon2, lat2 = destination(lon, lat, bearing, dist)
+    np.testing.assert_allclose(haversine_km(lon, lat, lon2, lat2), dist, rtol=1e-9)
+    assert lat2[0] > lat[0] and abs(lon2[0] - lon[0]) < 1e-9           # north
+    assert -180.0 <= lon2[1] < -179.9 and abs(lat2[1]) < 1e-9             # east across 180
+    assert lon2[2] < lon[2] and lat2[2] < lat[2]                         # south-west
+    np.testing.assert_allclose([lon2[3], lat2[3]], [0.0, -1.0], atol=1e-4)  # 1 degree south
+
+
+def test_uniform_in_area_stays_inside_and_is_deterministic():
+    import shapely
+
+    from geoembed.geo import uniform_in_area
+
+    box = shapely.box(170.0, -10.0, 190.0, 10.0)  # across the antimeridian, split as footprints are
+    from geoembed.geo import split_at_antimeridian
+
+    geom = split_at_antimeridian(box)
+    a = uniform_in_area(geom, 500, np.random.default_rng(3))
+    b = uniform_in_area(geom, 500, np.random.default_rng(3))
+    np.testing.assert_array_equal(a[0], b[0])
+    assert len(a[0]) == 500 and ((a[0] >= 170.0) | (a[0] <= -170.0)).all() and (np.abs(a[1]) <= 10).all()
+    assert (a[0] < 0).mean() > 0.3 and (a[0] > 0).mean() > 0.3  # both sides of 180

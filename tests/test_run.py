@@ -82,6 +82,7 @@ def test_run_every_stage_then_skip_every_stage(tmp_path, capsys):
     assert "up to date" not in "".join(lines.values())
     assert "chunks computed: 300 locations; world (" in lines["build"]
     assert "2 epochs" in lines["train"] and str(run / "bundle") in lines["train"]
+    assert "verdict " in lines["train"] and "training verdict:" in out  # the training diagnostics
     assert "enriched 200 rows" in lines["enrich"] and "policies_enriched.parquet" in lines["enrich"]
     assert f"report -> {run / 'report'}" in lines["evaluate"]
     assert "| model | features | deviance_ratio" in out  # the pooled table

@@ -7,10 +7,18 @@ Every stage calls these; nothing else in geoembed computes a projection, a block
 * :mod:`geoembed.geo.project`: local transverse Mercator / UTM projections centred on a point set, and a
   global equal-area projection;
 * :mod:`geoembed.geo.grid`: square grid blocks, Z-order and Hilbert orders, H3 cell ids and disks;
-* :mod:`geoembed.geo.footprint`: training footprints, great-circle and azimuthal distances, support index.
+* :mod:`geoembed.geo.footprint`: training footprints, great-circle and azimuthal distances, destination
+  points, uniform points in a region, support index.
 """
 
-from geoembed.geo.footprint import SupportIndex, aeqd_km, haversine_km, training_footprint
+from geoembed.geo.footprint import (
+    SupportIndex,
+    aeqd_km,
+    destination,
+    haversine_km,
+    training_footprint,
+    uniform_in_area,
+)
 from geoembed.geo.grid import grid_blocks, h3_cells, h3_disk_reach_m, h3_disks, hilbert_order, morton_order
 from geoembed.geo.lon import (
     continuous_lon,
@@ -35,6 +43,7 @@ __all__ = [
     "SupportIndex",
     "aeqd_km",
     "continuous_lon",
+    "destination",
     "east_of_antimeridian",
     "equal_area_transformers",
     "grid_blocks",
@@ -51,6 +60,7 @@ __all__ = [
     "split_at_antimeridian",
     "to_local_metres",
     "training_footprint",
+    "uniform_in_area",
     "unwrap_lon",
     "utm_crs",
     "wrap_lon",

@@ -8,7 +8,8 @@ Layout of ``bundle/`` (written atomically as one folder)::
                           fingerprint, package version, out_of_support_km; optionally a model_card
                           and a reduction (see below)
     config.yaml           the resolved run config
-    metrics.json          training metrics (best epoch, held-out retrieval accuracy, ...)
+    metrics.json          training metrics (best epoch, held-out retrieval accuracy, ...) and the
+                          training diagnostics (:mod:`geoembed.train.diagnostics`; not sealed)
 
 :func:`load_bundle` rebuilds the coordinate encoder from the spec alone (no view data) and
 :meth:`Bundle.embed` maps float64 lon/lat arrays to ``(N, d)`` float32 embeddings.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from geoembed.config import load_config
+from geoembed.train.diagnostics import format_diagnostics
 from geoembed.train.loop import train
 
 __all__ = ["configure_parser", "run"]
@@ -25,11 +26,16 @@ def run(args: argparse.Namespace) -> int:
     summary = train(cfg, resume=not args.no_resume, overwrite=args.overwrite)
     if summary.get("stopped") == "up_to_date":
         print(f"bundle {summary['bundle']} is up to date with these settings and data: nothing to train")
+        diag = summary["metrics"].get("diagnostics")
+        if diag:  # what the run that wrote it concluded
+            print(format_diagnostics(diag))
         return 0
     if "bundle" in summary:
         m = summary["metrics"]
         print(f"trained {summary['epochs_run']} epochs ({summary['stopped']}); best epoch {m['best_epoch']}: "
               f"val loss {m['best_val_loss']:.4f}, top-1 {m.get('val_top1') or float('nan'):.3f}, "
               f"top-5 {m.get('val_top5') or float('nan'):.3f} (chance {m.get('chance_top1') or float('nan'):.4f})")
+        if m.get("diagnostics"):
+            print(format_diagnostics(m["diagnostics"]))
         print(f"bundle: {summary['bundle']}")
     return 0

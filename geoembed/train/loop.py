@@ -10,6 +10,8 @@ top-1/top-5 retrieval of each location's coordinates among the validation locati
 weights judged (and kept as the best) are the moving average when ``train.ema_decay`` is set, else the raw
 weights; ``train.monitor`` picks the best epoch (``val_loss``: lower is better; ``val_top1`` / ``val_top5``:
 higher). After every epoch the checkpoint and ``metrics.jsonl`` / ``metrics.csv`` are rewritten atomically.
+The bundle's ``metrics.json`` carries the training diagnostics of the final encoder (retrieval against
+chance, variation over the footprint and by scale, a verdict: :mod:`geoembed.train.diagnostics`).
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from geoembed.train.data import (
     spatial_split,
     view_configs,
 )
+from geoembed.train.diagnostics import diagnose, encoder_embed
 from geoembed.train.model import MultiViewModel, coordinate_spec, make_ema, make_optimizer
 from geoembed.train.step import StepRunner, setup_distributed
 
@@ -333,9 +336,17 @@ def _write_bundle(cfg: Config, encoder: torch.nn.Module, summary: dict, best_row
     metrics["run_fingerprint"] = fingerprint
     metrics["budget"] = training_budget(tc)
     enc = encoder.to("cpu").eval()
+    footprint = training_footprint(data.lon.numpy(), data.lat.numpy())
+    # Did training work? Read-only on the final encoder; stored in metrics.json (not sealed, no output changes).
+    try:
+        metrics["diagnostics"] = diagnose(encoder_embed(enc), footprint, enc.inference_spec, metrics,
+                                          history=summary["history"], jitter_m=tc.jitter_m)
+    except Exception as err:  # noqa: BLE001 - a diagnostics failure must not lose a finished training
+        log.warning("training diagnostics could not be computed (%s); `geoembed inspect` computes them "
+                    "on demand", err)
     # The bundle's spec leaves out training-only settings (dropout): its encoder has no dropout at all.
     bundle = save_bundle(cfg.workdir_path / BUNDLE_DIR, enc, enc.inference_spec,
-                         footprint=training_footprint(data.lon.numpy(), data.lat.numpy()),
+                         footprint=footprint,
                          out_of_support_km=tc.out_of_support_km, config=cfg.model_dump(mode="json"),
                          metrics=metrics, data_fingerprint=data.fingerprint)
     return {"bundle": str(bundle), "metrics": metrics}
