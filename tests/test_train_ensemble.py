@@ -138,3 +138,19 @@ def test_ensemble_training_bundle_and_resume(world, tmp_path):
     other.train.lr = 0.002
     with pytest.raises(ConfigError, match="other settings"):
         train(other)
+
+
+def test_members_in_processes_equal_members_one_at_a_time(world, tmp_path):
+    from safetensors.torch import load_file
+
+    seq = train(_config(world, tmp_path / "seq", 2))
+    cfg = _config(world, tmp_path / "par", 2)
+    cfg.train.ensemble_jobs = 2
+    par = train(cfg)
+    a = load_file(str(Path(seq["bundle"]) / "weights.safetensors"))
+    b = load_file(str(Path(par["bundle"]) / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # ensemble_jobs is not a setting of the run: the sequential bundle is up to date for it
+    cfg_seq = _config(world, tmp_path / "seq", 2)
+    cfg_seq.train.ensemble_jobs = 2
+    assert train(cfg_seq)["stopped"] == "up_to_date"

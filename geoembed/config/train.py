@@ -194,6 +194,11 @@ class TrainConfig(Section):
         "mean of their coordinate encoders after aligning them by orthogonal Procrustes: steadier "
         "embeddings across seeds, at one training per member (max_minutes applies to each member)",
     )
+    ensemble_jobs: int = Field(
+        default=1, ge=1,
+        description="CPU: train this many ensemble members at once, each in its own process with num_threads "
+        "threads (the same members, bit for bit, as one at a time)",
+    )
     max_minutes: float | None = Field(default=None, gt=0, description="stop after the epoch that passes it")
     out_of_support_km: float = Field(default=5.0, ge=0)
     retrieval_rows: int = Field(default=4096, ge=10, description="validation rows used for retrieval acc.")

@@ -31,7 +31,7 @@ CHECKPOINT = "checkpoint"
 BUNDLE_DIR = "bundle"
 # Settings that may change between a run and its resume without invalidating the checkpoint.
 _RESUMABLE_KEYS = ("epochs", "patience", "max_minutes", "device", "num_threads", "retrieval_rows", "compile",
-                   "cuda_graph")
+                   "cuda_graph", "ensemble_jobs")
 # Optimiser implementation flags: this run's, whatever run wrote the checkpoint.
 _OPT_FLAGS = ("fused", "foreach", "capturable")
 # Settings added after runs were fingerprinted (the reference-parity options): left out of the fingerprint

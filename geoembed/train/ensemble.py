@@ -100,6 +100,50 @@ def ensemble_encoder(members: list[torch.nn.Module], lon: np.ndarray, lat: np.nd
     return enc.eval(), r2
 
 
+def _finish_member(fit: dict, seed: int) -> tuple[torch.nn.Module, dict]:
+    enc = fit["model"].coord.to("cpu").eval()
+    summary = {key: fit["summary"][key] for key in ("stopped", "best_epoch", "best_val_loss", "epochs_run",
+                                                    "n_train", "n_val")}
+    summary.update({key: fit["best_row"].get(key) for key in _MEAN_KEYS})
+    summary["seed"] = seed
+    return enc, summary
+
+
+def _member_process(config: dict, seed: int, run_dir: str, fingerprint: str, k: int) -> None:
+    """Train member ``k`` in a fresh process (spawned) and keep its encoder (see :func:`train_ensemble`)."""
+    from geoembed.config import parse_config
+    from geoembed.runtime import progress_enabled  # noqa: F401 - same environment as the parent
+    from geoembed.train.data import load_training_data
+    from geoembed.train.loop import fit_model
+
+    cfg = parse_config(config)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    data = load_training_data(cfg, device="cpu")
+    folder = member_dir(Path(run_dir), k)
+    folder.mkdir(parents=True, exist_ok=True)
+    member_fp = f"{fingerprint}-member{k}"
+    fit = fit_model(cfg, data, seed + k, folder, member_fp, device=torch.device("cpu"))
+    enc, summary = _finish_member(fit, seed + k)
+    _save_finished(folder, enc, summary, member_fp)
+
+
+def _train_in_processes(cfg: Config, seed: int, run_dir: Path, fingerprint: str, pending: list[int],
+                        jobs: int) -> None:
+    """Train the ``pending`` members ``jobs`` at a time in spawned processes (``train.ensemble_jobs``)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    if not pending:
+        return
+    config = cfg.model_dump(mode="json")
+    log.info("ensemble: training members %s, %d at a time", pending, jobs)
+    with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(_member_process, config, seed, str(run_dir), fingerprint, k) for k in pending]
+        for f in futures:
+            f.result()
+
+
 def train_ensemble(cfg: Config, data: TrainData, seed: int, run_dir: Path, fingerprint: str, *,
                    device: torch.device, rank: int = 0, world: int = 1,
                    stop_after_epochs: int | None = None) -> dict:
@@ -108,6 +152,11 @@ def train_ensemble(cfg: Config, data: TrainData, seed: int, run_dir: Path, finge
     from geoembed.train.loop import fit_model
 
     k_members = cfg.train.ensemble
+    jobs = min(cfg.train.ensemble_jobs, k_members)
+    if jobs > 1 and world == 1 and device.type == "cpu" and stop_after_epochs is None:
+        pending = [k for k in range(k_members) if _load_finished(member_dir(run_dir, k), f"{fingerprint}-member{k}")
+                   is None]
+        _train_in_processes(cfg, seed, run_dir, fingerprint, pending, jobs)
     encoders, summaries = [], []
     for k in range(k_members):
         folder = member_dir(run_dir, k)
@@ -123,11 +172,7 @@ def train_ensemble(cfg: Config, data: TrainData, seed: int, run_dir: Path, finge
                             stop_after_epochs=stop_after_epochs)
             if fit.get("stopped") == "interrupted":
                 return fit
-            enc = fit["model"].coord.to("cpu").eval()
-            summary = {key: fit["summary"][key] for key in ("stopped", "best_epoch", "best_val_loss", "epochs_run",
-                                                            "n_train", "n_val")}
-            summary.update({key: fit["best_row"].get(key) for key in _MEAN_KEYS})
-            summary["seed"] = seed + k
+            enc, summary = _finish_member(fit, seed + k)
             if rank == 0:
                 _save_finished(folder, enc, summary, member_fp)
         encoders.append(enc)
