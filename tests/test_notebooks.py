@@ -111,14 +111,17 @@ def test_notebook_01_prices_nc_counties(tmp_path, monkeypatch):
 
     # out of time: every tariff scored on 1979-84 against the same flat tariff
     oot = res["out_of_time"]
-    assert set(oot) == {"factor only", "factor + coords", "factor + 8 embedding components"}
+    assert set(oot) == {"flat", "factor only", "factor + coords", "factor + 8 embedding components"}
+    assert oot["flat"]["deviance_ratio"] == pytest.approx(1.0)
+    assert oot["factor only"]["delta_vs_factor_only"] == 0 and oot["factor only"]["delta_se"] == 0
     nulls = {v["null_deviance"] for v in oot.values()}
     assert len(nulls) == 1
     null = nulls.pop()
     assert math.isfinite(null) and null > 0
     for rec in oot.values():
-        _finite(rec, ("deviance", "deviance_ratio", "gini", "in_time_deviance_ratio", "a_over_e"))
+        _finite(rec, ("deviance", "deviance_ratio", "gini", "in_time_deviance_ratio", "a_over_e", "delta_se"))
         assert rec["deviance_ratio"] == pytest.approx(rec["deviance"] / null)
+        assert rec["delta_vs_factor_only"] == pytest.approx(rec["deviance"] - oot["factor only"]["deviance"])
         assert 0 < rec["deviance_ratio"] < 3 and 0.8 < rec["a_over_e"] < 1.2
     # nested models fitted on 1974-78: more columns never fit the same data worse
     base = oot["factor only"]["in_time_deviance_ratio"]
@@ -172,8 +175,9 @@ def test_notebook_02_territory_plan(geoclip_nc, tmp_path, monkeypatch):
                         "factor + embeddings"}
     assert oot["flat"]["deviance_ratio"] == pytest.approx(1.0)
     for rec in oot.values():
-        _finite(rec, ("deviance", "deviance_ratio", "gini", "in_time_deviance_ratio"))
+        _finite(rec, ("deviance", "deviance_ratio", "gini", "in_time_deviance_ratio", "delta_se"))
         assert rec["null_deviance"] == pytest.approx(oot["flat"]["deviance"])
+        assert rec["delta_vs_factor_only"] == pytest.approx(rec["deviance"] - oot["factor only"]["deviance"])
     # the penalised county factor contains the factor-only model (all levels 0): it fits 1974-78 no worse
     assert oot["factor + county credibility"]["in_time_deviance_ratio"] <= oot["factor only"]["in_time_deviance_ratio"]
     nxt = res["next_period"]
