@@ -212,3 +212,18 @@ def test_notebook_03_trains_a_region_and_enriches(tmp_path, monkeypatch):
 
     enriched = pd.read_parquet(out / "portfolio_enriched.parquet")
     assert len(enriched) == 473 and {"policy_id", "sum_insured", "emb_7", "geoembed_out_of_support"} <= set(enriched)
+
+
+def test_notebook_02_refuses_a_bundle_of_another_region(bundle_path, tmp_path, monkeypatch):
+    """A bundle found at the notebook's path that is not GeoCLIP over North Carolina is an error saying so."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    monkeypatch.setenv("GEOEMBED_NOTEBOOK_OUT", str(tmp_path / "out"))
+    monkeypatch.setenv("GEOEMBED_GEOCLIP_BUNDLE", str(bundle_path))  # a tiny Olinda bundle
+    nb = nbformat.read(NOTEBOOKS / "02_territories.ipynb", as_version=4)
+    client = NotebookClient(nb, kernel_name="python3", timeout=120, resources={"metadata": {"path": str(NOTEBOOKS)}})
+    with pytest.raises(CellExecutionError, match="is not GeoCLIP reduced to 8 components over nc.gpkg"):
+        client.execute()
+    assert not (tmp_path / "out" / "results.json").exists()
