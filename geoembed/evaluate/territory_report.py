@@ -2,7 +2,8 @@
 
 :func:`write_territories` is the hook ``write_report`` calls when ``evaluate.territories`` is set; it writes
 ``territories.csv``, ``territories.json``, ``territories.html`` (folium, layers as GeoJSON, no tiles: it
-is written and opens offline), ``gam_smooths.png`` into the report folder and returns the markdown section.
+is written offline and holds all its data, but folium's page loads the Leaflet scripts from a CDN, so a
+browser needs the network to draw it; the PNGs are the offline figures), ``gam_smooths.png`` into the report folder and returns the markdown section.
 """
 
 from __future__ import annotations
