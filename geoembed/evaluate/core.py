@@ -360,8 +360,8 @@ def _embedding_sets(table: pd.DataFrame, geometry, cfg: EvaluateConfig) -> tuple
             emb = embed(table, embedder, cfg.embedding_prefix)
             support = support_summary(table, cfg, embedder)
         if support is not None:
-            support["source"] = f"{where}: bundle {es.bundle}" + (", polygons by their sampled points"
-                                                                   if geometry is not None else "")
+            support["source"] = f"embedding set {name}" + (", polygons by their sampled points"
+                                                            if geometry is not None else "")
         check_support(support, cfg, bundle=es.bundle)
         names = [f"{name}_{i}" for i in range(emb.shape[1])]
         clash = [c for c in names if c in table.columns]

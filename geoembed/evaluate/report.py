@@ -142,7 +142,8 @@ def render_markdown(records: pd.DataFrame, cfg: EvaluateConfig | None = None, fi
     if len(records):
         lines.append(f"- split: {records['split'].iloc[0]} ({int(records['n_folds'].iloc[0])} test folds)")
     if result is not None:
-        lines.append(f"- rows: {len(result.table)}, embedding columns: {len(result.embedding_columns)}")
+        lines.append(f"- rows: {len(result.table)}" + (f", embedding columns: {len(result.embedding_columns)}"
+                                                      if result.embedding_columns or not result.embedding_sets else ""))
         if result.bundle_fingerprint:
             lines.append(f"- bundle fingerprint: `{result.bundle_fingerprint}`")
         if cfg is not None and cfg.components is not None and result.embedding_columns:
