@@ -21,7 +21,6 @@ from geoembed.evaluate.support import check_support, support_summary
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class EvaluationResult:
     """Everything one evaluation produced.
