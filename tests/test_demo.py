@@ -275,3 +275,22 @@ def test_distilled_part_checks_the_local_bundle(tmp_path, bundle_path):
     cfg = load_config(_small_distilled(tmp_path, bundle_path))
     with pytest.raises(ConfigError, match="embedding_sets.local.bundle is .* but the local model of the first"):
         run_distilled(cfg, local_bundle=tmp_path / "other")
+
+
+def test_demo_runs_the_distilled_config_after_its_own(monkeypatch, tmp_path):
+    import argparse
+
+    import geoembed.demo as demo
+
+    seen = []
+    monkeypatch.setattr(demo, "run_demo", lambda cfg, overwrite=False, distilled=None: seen.append(distilled))
+    assert demo.run(argparse.Namespace(config=str(DEMO_CONFIG), overwrite=False)) == 0
+    assert seen[-1] is not None and seen[-1].workdir_path == load_config(DISTILLED_CONFIG).workdir_path
+    demo.run(argparse.Namespace(config=str(DEMO_CONFIG), overwrite=False, no_distilled=True, distilled=None))
+    assert seen[-1] is None
+    user = tmp_path / "mine.yaml"  # a config of the user's: no second part unless asked for
+    user.write_text(Path(DEMO_CONFIG).read_text().replace("../", str(Path(DEMO_CONFIG).parents[1]) + "/"))
+    demo.run(argparse.Namespace(config=str(user), overwrite=False, no_distilled=False, distilled=None))
+    assert seen[-1] is None
+    demo.run(argparse.Namespace(config=str(user), overwrite=False, no_distilled=False, distilled=str(DISTILLED_CONFIG)))
+    assert seen[-1] is not None
