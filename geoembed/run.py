@@ -193,8 +193,15 @@ def _evaluate(cfg: Config, table: Path, bundle: Path | None, echo: Callable[[str
         from geoembed.enrich.enricher import load_bundle_cached
 
         bundle_fp = load_bundle_cached(bundle).fingerprint
+    sets = {}
+    for name, es in ev.embedding_sets.items():  # named embedding sets from bundles: a changed one is stale
+        if es.bundle is not None and name in ev.features:
+            from geoembed.enrich.enricher import load_bundle_cached
+
+            sets[name] = load_bundle_cached(es.bundle).fingerprint
     job = text_fingerprint({"evaluate": ev.model_dump(mode="json"), "table": file_fingerprint(table),
-                            "bundle": bundle_fp, "report": str(out.resolve()), "version": __version__})
+                            "bundle": bundle_fp, "report": str(out.resolve()), "version": __version__,
+                            **({"embedding_sets": sets} if sets else {})})
     done = _read_state(cfg.workdir_path).get("evaluate", {})
     results = out / "evaluation.json"
     if done.get("job") == job and results.is_file() and done.get("results") == file_fingerprint(results):

@@ -29,6 +29,8 @@ DEFAULT_POINTS = 1000  #: points per polygon; the same as geoembed.enrich.polygo
 Family = Literal["poisson", "gamma", "tweedie", "gaussian", "binomial"]
 Link = Literal["log", "identity", "logit"]
 FeatureSet = Literal["none", "coords", "embeddings", "both"]
+#: The built-in feature sets; ``evaluate.features`` may also name an entry of ``evaluate.embedding_sets``.
+FEATURE_SETS: tuple[str, ...] = ("none", "coords", "embeddings", "both")
 ModelName = Literal["glm", "gam", "gbm"]
 
 #: Links each family accepts; the first is the default.
@@ -161,6 +163,21 @@ class TerritoriesConfig(Section):
     smooth_plots: bool = True
 
 
+class EmbeddingSetConfig(Section):
+    """A named embedding set of ``evaluate.embedding_sets``: exactly one of ``bundle`` (a bundle folder; the
+    rows are embedded with it, polygons as the mean over sampled points like the default set) or ``prefix``
+    (the table's own ``<prefix><k>`` columns, e.g. from a second ``geoembed enrich``)."""
+
+    bundle: str | None = None
+    prefix: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one(self) -> EmbeddingSetConfig:
+        if (self.bundle is None) == (self.prefix is None):
+            raise ValueError("an embedding set needs exactly one of bundle, prefix")
+        return self
+
+
 class EvaluateConfig(Section):
     """What ``geoembed evaluate`` compares: models x spatial feature sets under one split scheme.
 
@@ -176,6 +193,10 @@ class EvaluateConfig(Section):
     area (seed ``polygon_seed``; weighted by the density raster ``weight_raster`` when given), as
     ``geoembed enrich`` does; lon/lat (the ``coords`` features, the folds) stay the centroids. Such a polygon
     is out of support when more than half of its (weighted) points are.
+    ``embedding_sets``: further embeddings to compare on the same folds, by name (``{geoclip: {bundle:
+    runs/geoclip_pc8}, distilled: {prefix: dist_}}``); a name listed in ``features`` is one more feature
+    set (its columns alone, entered like ``embeddings``: linear, one smooth each, split features; reduced
+    by ``components`` when set). Each bundle's rows out of its support are counted and checked as above.
     ``unknown_categories``: a level of a
     ``categorical`` column that a test fold has but its training rows lack is priced as the column's most
     frequent training level, with a warning naming it (``most_frequent``), or stops the run (``error``).
@@ -191,7 +212,8 @@ class EvaluateConfig(Section):
     family: Family = "poisson"
     link: Link | None = None
     tweedie_power: float = Field(1.5, gt=1, lt=2)
-    features: list[FeatureSet] = Field(default_factory=lambda: ["none", "coords", "embeddings"])
+    features: list[str] = Field(default_factory=lambda: ["none", "coords", "embeddings"])
+    embedding_sets: dict[str, EmbeddingSetConfig] = Field(default_factory=dict)
     models: list[ModelName] = Field(default_factory=lambda: ["glm", "gam", "gbm"])
     unknown_categories: Literal["error", "most_frequent"] = "most_frequent"
     embedding_prefix: str = "emb_"
@@ -244,6 +266,14 @@ class EvaluateConfig(Section):
                              f"evaluate.link is {self.resolved_link!r}")
         if not self.features:
             raise ValueError("evaluate.features must name at least one of none, coords, embeddings, both")
+        for name in self.embedding_sets:
+            if name in FEATURE_SETS or not name.replace("_", "").isalnum() or not name[0].isalpha():
+                raise ValueError(f"evaluate.embedding_sets: {name!r} must be a name of letters, digits and '_' "
+                                 f"(starting with a letter) other than {list(FEATURE_SETS)}")
+        unknown = [f for f in self.features if f not in FEATURE_SETS and f not in self.embedding_sets]
+        if unknown:
+            raise ValueError(f"evaluate.features: unknown feature set(s) {unknown}; use {list(FEATURE_SETS)} or "
+                             f"a name of evaluate.embedding_sets ({sorted(self.embedding_sets) or 'none given'})")
         if not self.models:
             raise ValueError("evaluate.models must name at least one of glm, gam, gbm")
         for key in ("features", "models", "covariates", "categorical"):

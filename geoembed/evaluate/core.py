@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geoembed.config.evaluate import EvaluateConfig
+from geoembed.config.evaluate import FEATURE_SETS, EvaluateConfig  # noqa: F401 - FEATURE_SETS: as before
 from geoembed.errors import ConfigError, GeoembedError, InputError
 from geoembed.evaluate import metrics as M
 from geoembed.evaluate.models import GAMRegressor, GBMRegressor, GLMRegressor, ModelFitError, null_predict
@@ -19,8 +19,6 @@ from geoembed.evaluate.splits import assign_folds, inner_folds
 from geoembed.evaluate.support import check_support, support_summary
 
 log = logging.getLogger(__name__)
-
-FEATURE_SETS = ("none", "coords", "embeddings", "both")
 
 
 @dataclass
@@ -31,6 +29,7 @@ class EvaluationResult:
     ``predictions``: out-of-fold predictions, one row per tested row, columns ``row`` (position in the
     table), ``fold``, ``y``, ``exposure``, ``null`` (exposure-only prediction) and ``<model>:<features>``.
     ``table``: the table as evaluated (embedding columns added when an embedder was used).
+    ``embedding_sets``: the columns of each named embedding set (``evaluate.embedding_sets``) evaluated.
     """
 
     records: pd.DataFrame
@@ -41,6 +40,7 @@ class EvaluationResult:
     embedding_columns: list[str]
     bundle_fingerprint: str | None = None
     info: dict = field(default_factory=dict)
+    embedding_sets: dict[str, list[str]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------- input
@@ -132,7 +132,7 @@ def feature_label(features: str, cfg: EvaluateConfig) -> str:
     has_cov = bool(cfg.covariates or cfg.categorical)
     if features == "none":
         return "covariates" if has_cov else "exposure only"
-    spatial = {"coords": "coords", "embeddings": "embeddings", "both": "coords + embeddings"}[features]
+    spatial = {"coords": "coords", "embeddings": "embeddings", "both": "coords + embeddings"}.get(features, features)
     return f"covariates + {spatial}" if has_cov else spatial
 
 
@@ -247,16 +247,21 @@ def _check_projected(lon: np.ndarray, lat: np.ndarray, cfg: EvaluateConfig) -> N
                                            (float(lon[like[0]]), float(lat[like[0]])), how))
 
 
-def make_estimator(model: str, features: str, cfg: EvaluateConfig, emb_cols: list[str]):
+def make_estimator(model: str, features: str, cfg: EvaluateConfig, emb_cols: list[str],
+                   sets: dict[str, list[str]] | None = None):
     """The scikit-learn estimator that ``geoembed evaluate`` fits for ``model`` on one feature set.
 
     Base covariates (linear) and categoricals always enter; ``coords`` adds lon/lat (linear in the GLM, a
     tensor smooth in the GAM, split features in the GBM), ``embeddings`` the embedding columns (linear,
-    one smooth each, split features); ``both`` adds both. Exposure is the config's exposure column.
+    one smooth each, split features); ``both`` adds both; a named embedding set (a key of ``sets``: its
+    columns) enters as ``embeddings`` does. Exposure is the config's exposure column.
     With ``cfg.components`` the embedding columns are replaced by that many principal components: a
     ``Pipeline`` of :class:`EmbeddingPCA` (fitted on the rows the pipeline is fitted on) and the model.
     """
-    embs = list(emb_cols) if features in ("embeddings", "both") else []
+    if sets and features in sets:
+        embs = list(sets[features])
+    else:
+        embs = list(emb_cols) if features in ("embeddings", "both") else []
     if cfg.components is not None and embs:
         from sklearn.pipeline import Pipeline
 
@@ -323,6 +328,53 @@ def uses_embeddings(cfg: EvaluateConfig) -> bool:
     return any(f in ("embeddings", "both") for f in cfg.features)
 
 
+def _named_bundles(cfg: EvaluateConfig) -> list[str]:
+    """The named embedding sets in ``cfg.features`` that come from a bundle."""
+    return [f for f in cfg.features if f in cfg.embedding_sets and cfg.embedding_sets[f].bundle is not None]
+
+
+def _embedding_sets(table: pd.DataFrame, geometry, cfg: EvaluateConfig) -> tuple[pd.DataFrame, dict, dict]:
+    """The table with the columns of every named embedding set in ``cfg.features`` (a bundle's as
+    ``<name>_<k>``, embedded like the default set: polygons by their sampled points), each set's columns,
+    and per set its source, fingerprint and out-of-support summary (checked as the default set's)."""
+    cols: dict[str, list[str]] = {}
+    about: dict[str, dict] = {}
+    for name in (f for f in cfg.features if f in cfg.embedding_sets):
+        es = cfg.embedding_sets[name]
+        where = f"evaluate.embedding_sets.{name}"
+        if es.prefix is not None:
+            cols[name] = embedding_columns(table, es.prefix)
+            if not cols[name]:
+                raise InputError(f"{where}: the table has no {es.prefix}<k> columns")
+            about[name] = {"source": f"columns {es.prefix}*", "fingerprint": None, "support": None}
+            continue
+        try:
+            from geoembed.enrich import LocationEmbedder
+
+            embedder = LocationEmbedder(bundle=es.bundle, lon_col=cfg.lon_col, lat_col=cfg.lat_col).fit(table)
+        except InputError as err:
+            raise InputError(f"{where}: {err}") from None
+        emb, support, polygons = _polygon_path(geometry, cfg, embedder)
+        if emb is None:
+            emb = embed(table, embedder, cfg.embedding_prefix)
+            support = support_summary(table, cfg, embedder)
+        if support is not None:
+            support["source"] = f"embedding set {name}" + (", polygons by their sampled points"
+                                                            if geometry is not None else "")
+        check_support(support, cfg, bundle=es.bundle)
+        names = [f"{name}_{i}" for i in range(emb.shape[1])]
+        clash = [c for c in names if c in table.columns]
+        if clash:
+            raise InputError(f"{where}: the table already has column(s) {clash[:4]}; rename them or the set")
+        table = pd.concat([table, emb.set_axis(names, axis=1).set_axis(table.index)], axis=1)
+        cols[name] = names
+        about[name] = {"source": f"bundle {es.bundle}", "fingerprint": embedder.bundle_fingerprint_,
+                       "support": support, **({"polygons": polygons} if polygons else {})}
+    for name, c in cols.items():
+        table = table.assign(**{k: _check_numeric(table, k, f"embedding set {name}") for k in c})
+    return table, cols, about
+
+
 def _polygon_path(geometry, cfg: EvaluateConfig, embedder):
     """(embedding columns, support summary, settings) of the polygon rows, or three Nones when there are
     no polygons or no bundle to sample them with (an embedder not backed by one)."""
@@ -352,7 +404,7 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
     centroids; lon/lat stay the centroids.
     """
     t0 = time.perf_counter()
-    if uses_embeddings(cfg) and (embedder is not None or cfg.bundle) and geometry is None:
+    if (uses_embeddings(cfg) and (embedder is not None or cfg.bundle) or _named_bundles(cfg)) and geometry is None:
         from geoembed.evaluate.polygons import table_polygons
 
         geometry = table_polygons(table, cfg)
@@ -364,7 +416,7 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
     if embedder is None and cfg.bundle and uses_emb:
         embedder = make_embedder(cfg)
     needs_coords = (any(f in ("coords", "both") for f in feats) or cfg.split.kind != "random"
-                    or embedder is not None)
+                    or embedder is not None or bool(_named_bundles(cfg)))
     validate_table(table, cfg, needs_coords)
     num = [cfg.target, *([cfg.exposure] if cfg.exposure else []), *cfg.covariates,
            *([cfg.lon_col, cfg.lat_col] if needs_coords else [])]
@@ -396,6 +448,8 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
                          f"but the table has no {cfg.embedding_prefix}<k> columns and evaluate.bundle is not set")
     if emb_cols:
         table = table.assign(**{c: _check_numeric(table, c, "embedding") for c in emb_cols})
+    table, sets, set_about = _embedding_sets(table, geometry, cfg)
+    poly_info = poly_info or next((a["polygons"] for a in set_about.values() if "polygons" in a), None)
 
     y = table[cfg.target].to_numpy(float)
     expo = table[cfg.exposure].to_numpy(float) if cfg.exposure else None
@@ -405,7 +459,7 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
     fold_ids = np.unique(fold[fold >= 0])
     label = split_label(cfg)
     combos = [(m, f) for f in feats for m in cfg.models]
-    estimators = {(m, f): make_estimator(m, f, cfg, emb_cols) for m, f in combos}
+    estimators = {(m, f): make_estimator(m, f, cfg, emb_cols, sets) for m, f in combos}
 
     tested = np.flatnonzero(fold >= 0)
     preds = pd.DataFrame({"row": tested, "fold": fold[tested], "y": y[tested]})
@@ -479,18 +533,21 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
     add_lift(records)
     for r in records:
         r["n_folds"] = len(fold_ids)
-        if fingerprint:
-            r["bundle_fingerprint"] = fingerprint
-        if support is not None:
-            r["n_out_of_support"] = support["out_of_support"]
-            r["out_of_support_share"] = support["share"]
+        fp, sup = ((set_about[r["features"]]["fingerprint"], set_about[r["features"]]["support"])
+                   if r["features"] in set_about else (fingerprint, support))
+        if fp:
+            r["bundle_fingerprint"] = fp
+        if sup is not None:
+            r["n_out_of_support"] = sup["out_of_support"]
+            r["out_of_support_share"] = sup["share"]
     recs = pd.DataFrame.from_records(records)
     log.info("evaluated %d model x feature combinations on %d folds in %.1f s", len(combos), len(fold_ids),
              time.perf_counter() - t0)
     return EvaluationResult(records=recs, predictions=preds, table=table, folds=fold, blocks=blocks,
-                            embedding_columns=emb_cols, bundle_fingerprint=fingerprint,
+                            embedding_columns=emb_cols, bundle_fingerprint=fingerprint, embedding_sets=sets,
                             info={"seconds": time.perf_counter() - t0, "split": label, "support": support,
-                                  **({"polygons": poly_info} if poly_info else {})})
+                                  **({"polygons": poly_info} if poly_info else {}),
+                                  **({"embedding_sets": set_about} if set_about else {})})
 
 
 def evaluate(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None, progress: bool = False) -> pd.DataFrame:

@@ -142,13 +142,25 @@ def render_markdown(records: pd.DataFrame, cfg: EvaluateConfig | None = None, fi
     if len(records):
         lines.append(f"- split: {records['split'].iloc[0]} ({int(records['n_folds'].iloc[0])} test folds)")
     if result is not None:
-        lines.append(f"- rows: {len(result.table)}, embedding columns: {len(result.embedding_columns)}")
+        lines.append(f"- rows: {len(result.table)}" + (f", embedding columns: {len(result.embedding_columns)}"
+                                                      if result.embedding_columns or not result.embedding_sets else ""))
         if result.bundle_fingerprint:
             lines.append(f"- bundle fingerprint: `{result.bundle_fingerprint}`")
         if cfg is not None and cfg.components is not None and result.embedding_columns:
             lines.append(f"- embeddings reduced to {cfg.components} principal components"
                          f"{' (whitened)' if cfg.whiten else ''}, fitted on each training fold")
     lines += support_line
+    for name, about in (result.info.get("embedding_sets", {}) if result is not None else {}).items():
+        set_warn, set_line = _support_lines(about.get("support"))
+        lines[2:2] = set_warn
+        fp = f", fingerprint `{about['fingerprint']}`" if about.get("fingerprint") else ""
+        lines.append(f"- embedding set `{name}`: {about['source']}, {len(result.embedding_sets[name])} columns{fp}")
+        lines += [f"  {x}" for x in set_line]
+    if result is not None and result.info.get("polygons"):
+        p = result.info["polygons"]
+        lines.append(f"- polygons embedded as the mean over {p['points_per_polygon']} points sampled in each "
+                     f"(seed {p['seed']}" + (f", weighted by `{p['weight_raster']}`" if p.get("weight_raster") else "")
+                     + "); lon/lat and the folds use their centroids")
     lines += ["", "## Pooled out-of-fold comparison", "",
               "deviance_ratio = held-out deviance / deviance of the exposure-only model (intercept + offset "
               "fitted on each training fold); below 1 is better than exposure alone. Gini from the "

@@ -84,14 +84,15 @@ def _flags(col: pd.Series) -> np.ndarray:
     return text.isin(["true", "1", "1.0"]).fillna(False).to_numpy(dtype=bool)
 
 
-def check_support(summary: dict | None, cfg: EvaluateConfig) -> None:
-    """InputError when more than ``max_out_of_support_share`` of the rows are out of support, unless allowed."""
+def check_support(summary: dict | None, cfg: EvaluateConfig, bundle: str | None = None) -> None:
+    """InputError when more than ``max_out_of_support_share`` of the rows are out of support, unless allowed.
+    ``bundle``: the bundle the summary is about (default ``cfg.bundle``)."""
     if summary is None or not summary["over_limit"]:
         return
     far = (f"more than {summary['threshold_km']:g} km outside the bundle's training footprint"
            if summary["threshold_km"] is not None else f"out of the bundle's support ({summary['source']})")
     msg = (f"{summary['out_of_support']} of {summary['rows']} rows ({summary['share']:.1%}) of table "
-           f"{cfg.table or '(given DataFrame)'} lie {far} (bundle {cfg.bundle or 'of the enriched table'}); "
+           f"{cfg.table or '(given DataFrame)'} lie {far} (bundle {bundle or cfg.bundle or 'of the enriched table'}); "
            f"evaluate.max_out_of_support_share is {cfg.max_out_of_support_share:g}")
     if not cfg.allow_out_of_support:
         raise InputError(f"{msg}. Their embeddings are extrapolations, so the comparison would not measure the "

@@ -130,6 +130,12 @@ def resolution_km(rff: torch.Tensor) -> float:
     return 0.5 * _KM_PER_UNIT / freq
 
 
+def finest_wavelength_km(rff: torch.Tensor) -> float:
+    """The shortest wavelength (km) among a branch's projection frequencies (cycles per unit): nothing in
+    that branch's features varies over much less than this distance."""
+    return _KM_PER_UNIT / rff.double().norm(dim=1).max().item()
+
+
 def load_geoclip_encoder(weights: str | os.PathLike | None = None, sigmas: Sequence[float] = SIGMAS):
     """Build the encoder from GeoCLIP's weights (the wheel's file unless ``weights`` is given).
 
