@@ -63,7 +63,7 @@ def test_run_demo_on_a_reduced_config(tmp_path, capsys):
     d["locations"]["region"]["raster"] = str((root / d["locations"]["region"]["raster"]).resolve())
     for v in d["views"]:
         v["sources"] = [str((root / s).resolve()) for s in v["sources"]]
-    d["train"].update(epochs=8, max_minutes=4.0)
+    d["train"].update(epochs=8, max_minutes=4.0, ensemble=1)  # one member: the reference's setting
     d["enrich"] = {"input": str(tmp_path / "run" / "tracts.parquet"),
                    "output": str(tmp_path / "run" / "tracts_enriched.parquet")}
     d["evaluate"]["table"] = str(tmp_path / "run" / "tracts_enriched.parquet")
@@ -228,7 +228,7 @@ def _small_distilled(tmp_path: Path, local: Path) -> Path:
             v["sources"] = [str((root / s).resolve()) for s in v["sources"]]
         else:
             v["bundle"] = str(run / "geoclip_pc8")
-    d["train"].update(epochs=1, batch_size=256)
+    d["train"].update(epochs=1, batch_size=256, ensemble=1)
     ev = d["evaluate"]
     ev.update(table=str(run / "polygons.parquet"), output=str(run / "report"), models=["glm"], points_per_polygon=4)
     ev["embedding_sets"] = {"geoclip": {"bundle": str(run / "geoclip_pc8")}, "local": {"bundle": str(local)},

@@ -31,13 +31,14 @@ def demo_world(tmp_path_factory) -> Path:
 
 
 def demo_config(world: Path, workdir: Path):
-    """configs/demo.yaml with ``workdir`` sharing ``world``'s inputs (symlinks); 3 epochs of batch 64."""
+    """configs/demo.yaml with ``workdir`` sharing ``world``'s inputs (symlinks); 3 epochs of batch 64, one
+    member (the demo's ensemble of members is tested in tests/test_train_ensemble.py)."""
     workdir.mkdir(parents=True)
     (workdir / "locations.parquet").symlink_to(world / "locations.parquet")
     (workdir / "views").symlink_to(world / "views")
     data = load_config(DEMO).model_dump(mode="json")
     data["workdir"] = str(workdir)
-    data["train"].update(epochs=EPOCHS, batch_size=64)
+    data["train"].update(epochs=EPOCHS, batch_size=64, ensemble=1)  # members: tests/test_train_ensemble.py
     return parse_config(data)
 
 
