@@ -116,7 +116,9 @@ def _train(cfg: Config, overwrite: bool, echo: Callable[[str], None]) -> StageRe
         from geoembed.train.diagnostics import format_diagnostics
 
         echo(format_diagnostics(diag))
-    line = (f"{summary['epochs_run']} epochs ({summary['stopped']}), best epoch {m['best_epoch']}"
+    from geoembed.train.ensemble import members_note as _members
+
+    line = (f"{summary['epochs_run']} epochs{_members(summary)} ({summary['stopped']}), best epoch {m['best_epoch']}"
             + (f", val top-5 {top5:.3f}" if top5 is not None else "")
             + (f", verdict {diag['verdict']}" if diag else "") + f" -> {bundle}")
     return StageResult("train", False, line, outputs={"bundle": bundle})

@@ -50,7 +50,7 @@ def settings_key(cfg: Config) -> str:
 
 def record_seeds(path: Path, key: str, description: str, rows: list[dict], command: str) -> dict:
     """Write the record: ``rows`` are ``{"seed", "ratios": {"glm": x, ...}}`` for the embeddings."""
-    models = sorted({m for r in rows for m in r["ratios"]})
+    models = list(dict.fromkeys(m for r in rows for m in r["ratios"]))
     summary = {}
     for m in models:
         vals = [r["ratios"][m] for r in rows if m in r["ratios"]]

@@ -6,6 +6,7 @@ import argparse
 
 from geoembed.config import load_config
 from geoembed.train.diagnostics import format_diagnostics
+from geoembed.train.ensemble import members_note as _members
 from geoembed.train.loop import train
 
 __all__ = ["configure_parser", "run"]
@@ -32,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if "bundle" in summary:
         m = summary["metrics"]
-        print(f"trained {summary['epochs_run']} epochs ({summary['stopped']}); best epoch {m['best_epoch']}: "
+        print(f"trained {summary['epochs_run']} epochs{_members(summary)} ({summary['stopped']}); best epoch {m['best_epoch']}: "
               f"val loss {m['best_val_loss']:.4f}, top-1 {m.get('val_top1') or float('nan'):.3f}, "
               f"top-5 {m.get('val_top5') or float('nan'):.3f} (chance {m.get('chance_top1') or float('nan'):.4f})")
         if m.get("diagnostics"):

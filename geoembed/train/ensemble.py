@@ -7,7 +7,8 @@ is kept as ``member<k>/encoder.safetensors`` (atomic, with the run fingerprint i
 killed ensemble run retrains only the members it had not finished. The rotations are fitted on the
 members' outputs at every training location; the bundle's ``metrics.json`` gets an ``ensemble`` entry
 (members' seeds, best epochs, held-out retrieval and how much of each member the aligned mean explains),
-and its held-out retrieval figures are the members' means.
+its held-out retrieval figures are the members' means, and ``epochs_run`` and ``best_epoch`` are per member
+(the most epochs any member ran; member 0's best epoch).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from geoembed.train.data import TrainData
 
 log = logging.getLogger(__name__)
 
-__all__ = ["member_dir", "train_ensemble"]
+__all__ = ["member_dir", "members_note", "train_ensemble"]
 
 ENCODER_FILE = "encoder.safetensors"
 SUMMARY_FILE = "summary.json"
@@ -187,10 +188,16 @@ def train_ensemble(cfg: Config, data: TrainData, seed: int, run_dir: Path, finge
     best_row["temperature"] = None
     summary = {"stopped": summaries[0]["stopped"], "best_epoch": summaries[0]["best_epoch"],
                "monitor": cfg.train.monitor, "best_val_loss": mean("best_val_loss"),
-               "epochs_run": sum(s["epochs_run"] for s in summaries), "n_train": summaries[0]["n_train"],
+               "epochs_run": max(s["epochs_run"] for s in summaries), "n_train": summaries[0]["n_train"],
                "n_val": summaries[0]["n_val"], "history": [],
                "ensemble": {"members": k_members, "alignment_r2": [round(float(v), 4) for v in r2],
                             "member_metrics": summaries}}
     log.info("ensemble of %d: each member's share explained by the aligned mean %s", k_members,
              ", ".join(f"{v:.2f}" for v in r2))
     return {"encoder": encoder, "summary": summary, "best_row": best_row}
+
+
+def members_note(summary: dict) -> str:
+    """`` x K members`` for a training summary of an ensemble (or its metrics), else ``""``."""
+    ens = summary.get("ensemble") or (summary.get("metrics") or {}).get("ensemble")
+    return f" x {ens['members']} members" if ens else ""
