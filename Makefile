@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/geoembed demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check geoembed tests benchmarks pipelines
