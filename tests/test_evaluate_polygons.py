@@ -8,6 +8,7 @@ from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pytest
 import shapely
 import yaml
@@ -138,3 +139,16 @@ def test_weight_raster_from_the_config(tmp_path, bundle_path):
     plain, _, _ = embed_polygons(bundle_path, g, 40, 3)
     np.testing.assert_array_equal(res.table[res.embedding_columns].to_numpy(), want)
     assert not np.array_equal(want, plain)
+
+
+def test_enriched_polygon_columns_follow_the_same_majority_rule():
+    """Without a bundle, an enriched polygon table counts a polygon as out of support when more than half of its
+    points are (its share column), as evaluate does with the bundle, not only when all are (its flag)."""
+    cfg = EvaluateConfig(target="y", max_out_of_support_share=0.5)
+    table = pd.DataFrame({"geoembed_out_of_support": [False, False, True, False, True],
+                          "geoembed_out_of_support_share": [0.0, 0.6, 1.0, 0.5, np.nan]})
+    s = support_summary(table, cfg)
+    assert s["out_of_support"] == 3 and s["share"] == pytest.approx(0.6) and s["over_limit"]
+    assert "more than half" in s["source"]
+    points = table.drop(columns="geoembed_out_of_support_share")  # a point table: its flags as they are
+    assert support_summary(points, cfg)["out_of_support"] == 2

@@ -4,7 +4,8 @@ A row is out of support when it lies farther than the bundle's ``out_of_support_
 footprint (measured with the bundle's own ``distance_to_footprint_km``), or, for an enriched table evaluated
 without a bundle, when ``geoembed enrich`` flagged it in ``geoembed_out_of_support``. A polygon embedded from
 the bundle (:mod:`geoembed.evaluate.polygons`) is out of support when more than half of its (weighted)
-sampled points are beyond that distance.
+sampled points are beyond that distance; so is a polygon of a table enriched by ``geoembed enrich`` (its
+``geoembed_out_of_support_share`` column), whose own flag marks only polygons with every point out.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from geoembed.errors import InputError
 log = logging.getLogger(__name__)
 
 OOS_COL = "geoembed_out_of_support"  # the QA column of `geoembed enrich` (geoembed.io.enriched.OOS_COL)
+OOS_SHARE_COL = "geoembed_out_of_support_share"  # polygons enriched by `geoembed enrich`: share of points out
 
 
 def _embedder_bundle(embedder):
@@ -66,6 +68,14 @@ def support_summary(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
         k = int(np.count_nonzero(np.nan_to_num(dist, nan=0.0) > thr))
         where = getattr(embedder, "bundle", None)
         source = f"bundle {where if isinstance(where, str | Path) else cfg.bundle or 'given'}"
+    elif OOS_SHARE_COL in table.columns:  # polygons: the same majority rule as with the bundle
+        from geoembed.evaluate.polygons import MAJORITY
+
+        shares = pd.to_numeric(table[OOS_SHARE_COL], errors="coerce").to_numpy(float)
+        flags = _flags(table[OOS_COL]) if OOS_COL in table.columns else np.zeros(n, dtype=bool)
+        out = np.where(np.isfinite(shares), shares > MAJORITY, flags)  # a row without a share keeps its flag
+        k, thr = int(np.count_nonzero(out)), None
+        source = f"column {OOS_SHARE_COL}: polygons out of support when more than half of their sampled points are"
     elif OOS_COL in table.columns:
         k, thr, source = int(_flags(table[OOS_COL]).sum()), None, f"column {OOS_COL}"
     else:
