@@ -23,11 +23,9 @@ what the work costs, whatever else runs on the machine), the speed-ups over GeoC
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +33,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from variants import time_variants, torch_threads  # noqa: E402 - benchmarks/variants.py
+
 DEFAULT_BUNDLE = ROOT / "runs" / "demo_distilled" / "bundle"
 MIN_SECONDS = 0.5
 TARGET = 100.0  # issue 11, item 8: at least 100x faster than GeoCLIP's own encoder
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """torch's intra-op threads set to ``n`` for a block."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,17 +46,6 @@ def _rows(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     x0, y0, x1, y1 = OLINDA_BOX.bounds
     rng = np.random.default_rng(seed)
     return rng.uniform(x0, x1, n), rng.uniform(y0, y1, n)
-
-
-def _timed(fn) -> tuple[float, float, object]:
-    """(wall seconds per call, CPU seconds per call, last result): repeated until MIN_SECONDS have passed."""
-    calls, t, c = 0, time.perf_counter(), time.process_time()
-    while True:
-        res = fn()
-        calls += 1
-        if time.perf_counter() - t >= MIN_SECONDS:
-            break
-    return (time.perf_counter() - t) / calls, (time.process_time() - c) / calls, res
 
 
 def main() -> int:
@@ -110,20 +88,9 @@ def main() -> int:
         "distilled, Bundle.embed, torch 1 thread": (1, lambda: bundle.embed(lon, lat)),
         "distilled, enrich path (2 workers x 1 thread)": (nt, enrich_run),
     }
-    for threads, fn in variants.values():  # warm-up (TorchScript profiling runs, allocator, pools)
-        with torch_threads(threads), torch.inference_mode():
-            fn()
     load0 = os.getloadavg()
-    wall: dict[str, list[float]] = {k: [] for k in variants}
-    cpu: dict[str, list[float]] = {k: [] for k in variants}
-    shapes = {}
-    for _ in range(args.rounds):
-        for name, (threads, fn) in variants.items():
-            with torch_threads(threads), torch.inference_mode():
-                w, c, res = _timed(fn)
-            wall[name].append(w)
-            cpu[name].append(c)
-            shapes[name] = np.asarray(res).shape
+    wall, cpu, last = time_variants(variants, args.rounds, MIN_SECONDS)
+    shapes = {name: np.asarray(res).shape for name, res in last.items()}
     load1 = os.getloadavg()
     enricher.close()
 

@@ -24,11 +24,9 @@ FLOPs count the four matrix products of each branch: 18.87 MFLOP per row.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +34,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from variants import time_variants, torch_threads  # noqa: E402 - benchmarks/variants.py
+
 OUT = ROOT / "benchmarks" / "out"
 FLOP_PER_ROW = 3 * 2 * (512 * 1024 + 2 * 1024 * 1024 + 1024 * 512)
 
@@ -58,17 +58,6 @@ def _dense_chain(n: int):
             for w, b in branch:
                 h = torch.addmm(b, h, w.T)
     return run
-
-
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """torch's intra-op threads set to ``n`` for a block."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def main() -> int:
@@ -113,21 +102,8 @@ def main() -> int:
         f"dense chain same shapes, torch {default_threads} threads": (default_threads, dense),
         "dense chain same shapes, torch 1 thread": (1, dense),
     }
-    for threads, fn in variants.values():  # warm-up (TorchScript profiling runs, allocator, pools)
-        with torch_threads(threads), torch.inference_mode():
-            fn()
     load0 = os.getloadavg()
-    wall: dict[str, list[float]] = {k: [] for k in variants}
-    cpu: dict[str, list[float]] = {k: [] for k in variants}
-    outs = {}
-    for _ in range(args.rounds):
-        for name, (threads, fn) in variants.items():
-            with torch_threads(threads), torch.inference_mode():
-                t, c = time.perf_counter(), time.process_time()
-                res = fn()
-                wall[name].append(time.perf_counter() - t)
-                cpu[name].append(time.process_time() - c)
-            outs[name] = res
+    wall, cpu, outs = time_variants(variants, args.rounds)
     load1 = os.getloadavg()
     enricher.close()
 

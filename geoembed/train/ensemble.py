@@ -113,7 +113,6 @@ def _finish_member(fit: dict, seed: int) -> tuple[torch.nn.Module, dict]:
 def _member_process(config: dict, seed: int, run_dir: str, fingerprint: str, k: int) -> None:
     """Train member ``k`` in a fresh process (spawned) and keep its encoder (see :func:`train_ensemble`)."""
     from geoembed.config import parse_config
-    from geoembed.runtime import progress_enabled  # noqa: F401 - same environment as the parent
     from geoembed.train.data import load_training_data
     from geoembed.train.loop import fit_model
 
