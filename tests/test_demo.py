@@ -158,6 +158,17 @@ def test_distilled_config_compares_on_the_first_configs_locations_and_folds():
     assert second.workdir_path != first.workdir_path
 
 
+def test_distilled_config_trains_as_the_first_config():
+    """The distilled model differs from the local one by its teacher view and its shorter budget only: a
+    setting changed in configs/demo.yaml (the benchmark's winner) must be changed in both."""
+    first, second = load_config(DEMO_CONFIG), load_config(DISTILLED_CONFIG)
+    budget = {"views", "epochs", "patience", "max_minutes"}
+    a, b = first.train.model_dump(exclude=budget), second.train.model_dump(exclude=budget)
+    assert {k for k in a if a[k] != b[k]} == set()
+    assert second.train.views[:2] == first.train.views
+    assert second.train.epochs <= first.train.epochs
+
+
 def test_tract_polygons_have_the_centroid_tables_columns(tmp_path):
     g = olinda_tract_polygons()
     t = olinda_tracts()

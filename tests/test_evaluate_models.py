@@ -211,3 +211,31 @@ def test_spline_margins_equal_their_references():
     outside = np.r_[x, -3.0, 50.0]
     assert p.transform(outside) == pytest.approx(sp.transform(outside[:, None]), abs=1e-12)
     assert np.array_equal(p.S_, difference_penalty(7)) and difference_penalty(7)[3].tolist() == [0, 1, -4, 6, -4, 1, 0]
+
+
+def test_gbm_grid_refits_the_combination_with_the_lowest_inner_loss(pois):
+    grid = {"num_leaves": [2, 7], "min_data_in_leaf": [5, 40]}
+    _, tuned = _ratio(make("gbm", emb=EMB, grid=grid), pois)
+    losses = tuned.info_["grid_losses"]
+    assert [c for c, _ in losses] == [{"num_leaves": a, "min_data_in_leaf": b} for a in (2, 7) for b in (5, 40)]
+    assert len({lo for _, lo in losses}) == 4  # the combinations differ
+    best = min(losses, key=lambda t: t[1])[0]
+    assert tuned.info_["params"] == best
+    # the refit is the model with the chosen parameters given directly, bit for bit
+    _, direct = _ratio(make("gbm", emb=EMB, **best), pois)
+    assert np.array_equal(tuned.predict(pois), direct.predict(pois))
+    assert tuned.info_["num_boost_round"] == direct.info_["num_boost_round"]
+    # each combination's inner loss is the one a one-value grid of it reports
+    for combo, loss in losses[:2]:
+        _, single = _ratio(make("gbm", emb=EMB, grid={k: [v] for k, v in combo.items()}), pois)
+        assert single.info_["grid_losses"][0][1] == pytest.approx(loss, rel=1e-12)
+
+
+def test_gbm_grid_errors_name_the_setting(pois):
+    with pytest.raises(ValueError, match=r"grid\['num_leaves'\]"):
+        _ratio(make("gbm", emb=EMB, grid={"num_leaves": 7}), pois)
+    with pytest.raises(ValueError, match="early stopping"):
+        _ratio(make("gbm", emb=EMB, grid={"num_leaves": [7]}, early_stopping=False), pois)
+    with pytest.raises(ValueError, match="grid needs early_stopping"):
+        EvaluateConfig.model_validate({"table": "t.parquet", "target": "y",
+                                       "gbm": {"grid": {"num_leaves": [4]}, "early_stopping": False}})

@@ -149,6 +149,11 @@ def test_checkpoint_of_other_settings_is_an_error(world, tmp_path):
         train(tiny_config(wd, epochs=2, lr=0.01))
     out = train(tiny_config(wd, epochs=1, lr=0.01), overwrite=True)
     assert out["epochs_run"] == 1
+    # --overwrite discards another run's work only: the same run's finished bundle stays up to date
+    again = train(tiny_config(wd, epochs=1, lr=0.01), overwrite=True)
+    assert again["stopped"] == "up_to_date" and again["bundle"] == out["bundle"]
+    # --no-resume starts again
+    assert train(tiny_config(wd, epochs=1, lr=0.01), resume=False)["stopped"] != "up_to_date"
 
 
 def test_missing_view_store_names_it(world, tmp_path):

@@ -115,12 +115,15 @@ def test_ensemble_training_bundle_and_resume(world, tmp_path):
     assert metrics["val_top5"] == pytest.approx(np.mean([m["val_top5"] for m in ens["member_metrics"]]))
     assert bundle.meta["encoder"]["network"]["type"] == "ensemble"
     # the bundle embeds like the mean of its members' aligned encoders
+    from geoembed.train.checkpoint import member_fingerprint
+    from geoembed.train.data import load_training_data
     from geoembed.train.ensemble import _load_finished
 
     lon = np.linspace(-34.9, -34.83, 64)
     lat = np.linspace(-8.04, -7.96, 64)
-    fp = metrics["run_fingerprint"]
-    members = [_load_finished(member_dir(wd / "train", k), f"{fp}-member{k}")[0] for k in range(3)]
+    data_fp = load_training_data(cfg, device="cpu").fingerprint
+    members = [_load_finished(member_dir(wd / "train", k), member_fingerprint(cfg, data_fp, 0, k))[0]
+               for k in range(3)]
     rots = bundle.encoder.network.rotations.numpy()
     outs = [m(lon=torch.from_numpy(lon), lat=torch.from_numpy(lat)).detach().numpy() @ rots[k]
             for k, m in enumerate(members)]
@@ -154,3 +157,21 @@ def test_members_in_processes_equal_members_one_at_a_time(world, tmp_path):
     cfg_seq = _config(world, tmp_path / "seq", 2)
     cfg_seq.train.ensemble_jobs = 2
     assert train(cfg_seq)["stopped"] == "up_to_date"
+
+
+def test_more_members_reuse_the_finished_ones(world, tmp_path):
+    """A member's fingerprint leaves out K: raising ensemble from 2 to 3 trains only the third member."""
+    wd = tmp_path / "grow"
+    two = train(_config(world, wd, 2))
+    at = (np.array([-34.88, -34.86]), np.array([-8.02, -8.0]))
+    emb_two = load_bundle(two["bundle"]).embed(*at)
+    kept = [(member_dir(wd / "train", k) / ENCODER_FILE).stat().st_mtime_ns for k in range(2)]
+    three = train(_config(world, wd, 3))
+    assert three["stopped"] != "up_to_date" and three["bundle"] == two["bundle"]
+    assert [(member_dir(wd / "train", k) / ENCODER_FILE).stat().st_mtime_ns for k in range(2)] == kept
+    metrics = json.loads((Path(three["bundle"]) / "metrics.json").read_text())
+    assert [m["seed"] for m in metrics["ensemble"]["member_metrics"]] == [0, 1, 2]
+    assert not np.array_equal(load_bundle(three["bundle"]).embed(*at), emb_two)
+    # and back to 2: the first two members again, aligned as before
+    again = train(_config(world, wd, 2))
+    np.testing.assert_array_equal(load_bundle(again["bundle"]).embed(*at), emb_two)

@@ -139,6 +139,19 @@ class GBMConfig(Section):
     inner_folds: int = Field(3, ge=2)
     num_threads: int = Field(1, ge=1)
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
+    grid: dict[str, list[float | int | str | bool]] = Field(
+        default_factory=dict,
+        description="LightGBM parameters to lists of values, each combination early-stopped on the inner "
+        "folds and the best refitted (e.g. {num_leaves: [4, 7, 15], feature_fraction: [0.7, 1.0]})")
+
+    @model_validator(mode="after")
+    def _grid_needs_early_stopping(self) -> GBMConfig:
+        if self.grid and not self.early_stopping:
+            raise ValueError("grid needs early_stopping: true (each combination is judged on the inner folds)")
+        for key, values in self.grid.items():
+            if not values:
+                raise ValueError(f"grid.{key}: give at least one value")
+        return self
 
 
 class TerritoriesConfig(Section):

@@ -291,7 +291,8 @@ def _estimator(model: str, features: str, cfg: EvaluateConfig, embs: list[str]):
                             min_data_in_leaf=b.min_data_in_leaf, feature_fraction=b.feature_fraction,
                             lambda_l2=b.lambda_l2, early_stopping=b.early_stopping,
                             early_stopping_rounds=b.early_stopping_rounds, inner_cv=b.inner_folds,
-                            num_threads=b.num_threads, params=dict(b.params), random_state=cfg.seed, **common)
+                            num_threads=b.num_threads, params=dict(b.params), grid=dict(b.grid) or None,
+                            random_state=cfg.seed, **common)
     raise ConfigError(f"unknown model {model!r}; use one of glm, gam, gbm")
 
 

@@ -60,6 +60,13 @@ def run_fingerprint(cfg: Config, data_fp: str, seed: int) -> str:
     return text_fingerprint({"train": tc, "seed": seed, "data": data_fp})
 
 
+def member_fingerprint(cfg: Config, data_fp: str, seed: int, k: int) -> str:
+    """Ensemble member ``k``'s identity: the run's settings with one member (so not K), the run's seed and
+    ``k``; member k trains the same whatever the number of members."""
+    single = cfg.model_copy(update={"train": cfg.train.model_copy(update={"ensemble": 1})})
+    return f"{run_fingerprint(single, data_fp, seed)}-member{k}"
+
+
 def training_budget(tc: TrainConfig) -> dict:
     """The training budget: left out of the run fingerprint (a resume may change it) but a finished
     bundle only stands for the budget it was trained with."""

@@ -3,8 +3,10 @@ coordinate encoder that averages them after a Procrustes alignment (:mod:`geoemb
 
 Each member trains exactly as a single run with its seed would (:func:`geoembed.train.loop.fit_model`) in
 ``<workdir>/train/member<k>/`` (checkpoint and metrics, resumable). A finished member's coordinate encoder
-is kept as ``member<k>/encoder.safetensors`` (atomic, with the run fingerprint in its metadata), so a
-killed ensemble run retrains only the members it had not finished. The rotations are fitted on the
+is kept as ``member<k>/encoder.safetensors`` (atomic, with the member's fingerprint in its metadata), so a
+killed ensemble run retrains only the members it had not finished. A member's fingerprint leaves out the
+number of members (member k trains the same whatever K is), so raising ``ensemble`` from 2 to 3 trains only
+the third member. The rotations are fitted on the
 members' outputs at every training location; the bundle's ``metrics.json`` gets an ``ensemble`` entry
 (members' seeds, best epochs, held-out retrieval and how much of each member the aligned mean explains),
 its held-out retrieval figures are the members' means, and ``epochs_run`` and ``best_epoch`` are per member
@@ -25,6 +27,7 @@ from geoembed.config import Config
 from geoembed.io.atomic import atomic_path, atomic_write_text
 from geoembed.nn.ensemble import procrustes_rotations
 from geoembed.nn.networks import build_coordinate_encoder
+from geoembed.train.checkpoint import member_fingerprint
 from geoembed.train.data import TrainData
 
 log = logging.getLogger(__name__)
@@ -41,8 +44,10 @@ def member_dir(run_dir: Path, k: int) -> Path:
     return run_dir / f"member{k}"
 
 
-def _load_finished(folder: Path, fingerprint: str) -> tuple[torch.nn.Module, dict] | None:
-    """A member finished by an earlier invocation of this run: its encoder and summary, else None."""
+def _load_finished(folder: Path, fingerprint: str, legacy: str | None = None
+                   ) -> tuple[torch.nn.Module, dict] | None:
+    """A member finished by an earlier invocation of this run: its encoder and summary, else None.
+    ``legacy``: the fingerprint such members had before it left out K (``<run fingerprint>-member<k>``)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -51,7 +56,7 @@ def _load_finished(folder: Path, fingerprint: str) -> tuple[torch.nn.Module, dic
         return None
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    if meta.get("fingerprint") != fingerprint:
+    if meta.get("fingerprint") not in (fingerprint, legacy or fingerprint):
         return None
     spec = json.loads(meta["spec"])
     enc = build_coordinate_encoder(spec)
@@ -110,7 +115,7 @@ def _finish_member(fit: dict, seed: int) -> tuple[torch.nn.Module, dict]:
     return enc, summary
 
 
-def _member_process(config: dict, seed: int, run_dir: str, fingerprint: str, k: int) -> None:
+def _member_process(config: dict, seed: int, run_dir: str, k: int) -> None:
     """Train member ``k`` in a fresh process (spawned) and keep its encoder (see :func:`train_ensemble`)."""
     from geoembed.config import parse_config
     from geoembed.train.data import load_training_data
@@ -122,14 +127,13 @@ def _member_process(config: dict, seed: int, run_dir: str, fingerprint: str, k: 
     data = load_training_data(cfg, device="cpu")
     folder = member_dir(Path(run_dir), k)
     folder.mkdir(parents=True, exist_ok=True)
-    member_fp = f"{fingerprint}-member{k}"
+    member_fp = member_fingerprint(cfg, data.fingerprint, seed, k)
     fit = fit_model(cfg, data, seed + k, folder, member_fp, device=torch.device("cpu"))
     enc, summary = _finish_member(fit, seed + k)
     _save_finished(folder, enc, summary, member_fp)
 
 
-def _train_in_processes(cfg: Config, seed: int, run_dir: Path, fingerprint: str, pending: list[int],
-                        jobs: int) -> None:
+def _train_in_processes(cfg: Config, seed: int, run_dir: Path, pending: list[int], jobs: int) -> None:
     """Train the ``pending`` members ``jobs`` at a time in spawned processes (``train.ensemble_jobs``)."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -139,7 +143,7 @@ def _train_in_processes(cfg: Config, seed: int, run_dir: Path, fingerprint: str,
     config = cfg.model_dump(mode="json")
     log.info("ensemble: training members %s, %d at a time", pending, jobs)
     with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(_member_process, config, seed, str(run_dir), fingerprint, k) for k in pending]
+        futures = [pool.submit(_member_process, config, seed, str(run_dir), k) for k in pending]
         for f in futures:
             f.result()
 
@@ -153,15 +157,17 @@ def train_ensemble(cfg: Config, data: TrainData, seed: int, run_dir: Path, finge
 
     k_members = cfg.train.ensemble
     jobs = min(cfg.train.ensemble_jobs, k_members)
+    fps = [member_fingerprint(cfg, data.fingerprint, seed, k) for k in range(k_members)]
+    legacy = [f"{fingerprint}-member{k}" for k in range(k_members)]
     if jobs > 1 and world == 1 and device.type == "cpu" and stop_after_epochs is None:
-        pending = [k for k in range(k_members) if _load_finished(member_dir(run_dir, k), f"{fingerprint}-member{k}")
-                   is None]
-        _train_in_processes(cfg, seed, run_dir, fingerprint, pending, jobs)
+        pending = [k for k in range(k_members)
+                   if _load_finished(member_dir(run_dir, k), fps[k], legacy[k]) is None]
+        _train_in_processes(cfg, seed, run_dir, pending, jobs)
     encoders, summaries = [], []
     for k in range(k_members):
         folder = member_dir(run_dir, k)
-        member_fp = f"{fingerprint}-member{k}"
-        found = _load_finished(folder, member_fp)
+        member_fp = fps[k]
+        found = _load_finished(folder, member_fp, legacy[k])
         if found is not None:
             log.info("ensemble member %d of %d: finished earlier, reused", k + 1, k_members)
             enc, summary = found

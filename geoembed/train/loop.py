@@ -37,6 +37,7 @@ from geoembed.train.checkpoint import (
     CHECKPOINT,
     RUN_DIR,
     finished_bundle,
+    member_fingerprint,
     restore_checkpoint,
     run_fingerprint,
     save_checkpoint,
@@ -124,8 +125,9 @@ def train(cfg: Config, *, resume: bool = True, overwrite: bool = False,
           stop_after_epochs: int | None = None, data: TrainData | None = None) -> dict:
     """Train per ``cfg.train`` on ``cfg.workdir``; returns a summary (paths, best epoch, metrics).
 
-    A checkpoint of the same run (same settings and data) is resumed unless ``resume=False``; a
-    checkpoint of a different run is an error unless ``overwrite``. ``stop_after_epochs`` ends this
+    A checkpoint of the same run (same settings and data) is resumed, and a finished bundle of it is up to
+    date, unless ``resume=False`` (start again); a checkpoint of a different run is an error unless
+    ``overwrite`` (then it is discarded; the same run's work is still kept). ``stop_after_epochs`` ends this
     invocation after that many epochs (as a kill would), leaving a resumable checkpoint.
     """
     cfg.require("train")
@@ -145,22 +147,31 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _prepare_run_dir(cfg: Config, fingerprint: str, *, rank: int, world: int, resume: bool,
-                     overwrite: bool) -> Path:
+def _prepare_run_dir(cfg: Config, fingerprint: str, data_fp: str, seed: int, *, rank: int, world: int,
+                     resume: bool, overwrite: bool) -> Path:
     """``<workdir>/train`` holding this run: a checkpoint of another run is an error (or removed with
     ``overwrite`` / ``resume=False``); the resolved config is written."""
     run_dir = cfg.workdir_path / RUN_DIR
     ckpts = [run_dir / CHECKPOINT, *sorted(run_dir.glob(f"member*/{CHECKPOINT}"))]  # members: train.ensemble
     ckpts = [c for c in ckpts if c.exists()]
     if ckpts and rank == 0:
-        if overwrite or not resume:
+        if not resume:
             shutil.rmtree(run_dir)
         for ckpt in ckpts if run_dir.exists() else []:
             old = json.loads((ckpt / "state.json").read_text()) if (ckpt / "state.json").is_file() else {}
-            own = fingerprint if ckpt.parent == run_dir else f"{fingerprint}-{ckpt.parent.name}"
-            if old.get("fingerprint") != own:
+            if ckpt.parent == run_dir:
+                own = {fingerprint}
+            else:  # an ensemble member's (its fingerprint leaves out K; before it did not)
+                k = int(ckpt.parent.name.removeprefix("member"))
+                own = {member_fingerprint(cfg, data_fp, seed, k), f"{fingerprint}-{ckpt.parent.name}"}
+            if old.get("fingerprint") in own:
+                continue
+            if not overwrite:
                 raise ConfigError(f"{ckpt} belongs to a run with other settings or data; pass --overwrite to "
                                   "start again (or --no-resume)")
+            log.info("discarding %s: a run with other settings or data (--overwrite)", ckpt.parent)
+            shutil.rmtree(run_dir)
+            break
     _barrier(world)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
@@ -180,10 +191,10 @@ def _train(cfg: Config, *, resume: bool, overwrite: bool, stop_after_epochs: int
         raise ConfigError(f"train.batch_size {tc.batch_size} is not divisible by the {world} processes")
     fingerprint = run_fingerprint(cfg, data.fingerprint, seed)
     done = finished_bundle(workdir / BUNDLE_DIR, fingerprint, training_budget(tc))
-    if done is not None and not overwrite and resume:
+    if done is not None and resume:
         log.info("bundle %s is up to date with these settings and data; nothing to train", done)
         return {"stopped": "up_to_date", "bundle": str(done), "metrics": json.loads((done / "metrics.json").read_text())}
-    run_dir = _prepare_run_dir(cfg, fingerprint, rank=rank, world=world, resume=resume, overwrite=overwrite)
+    run_dir = _prepare_run_dir(cfg, fingerprint, data.fingerprint, seed, rank=rank, world=world, resume=resume, overwrite=overwrite)
     if tc.ensemble > 1:
         from geoembed.train.ensemble import train_ensemble
 
