@@ -39,17 +39,9 @@ MODELS = ("glm", "gam", "gbm")
 DIAGNOSTICS = ("best_epoch", "val_top1", "val_top5", "chance_top1", "best_val_loss", "view_r2", "views_glm")
 
 
-def _set(data: dict, dotted: str, value) -> None:
-    node = data
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-    node[keys[-1]] = value
-
-
 def seed_config(config: Path, seed: int, workdir: Path, overrides: list[str]):
     """The demo config for one seed, in its own folder, with ``KEY=VALUE`` overrides applied."""
-    from geoembed.config import parse_config, read_yaml
+    from geoembed.config import apply_settings, parse_config, read_yaml
 
     data = read_yaml(config.read_text())
     out = Path(workdir).resolve() / f"seed{seed}"  # relative to the current folder, not to the config
@@ -60,9 +52,7 @@ def seed_config(config: Path, seed: int, workdir: Path, overrides: list[str]):
     data["evaluate"]["table"] = str(out / "olinda_tracts_enriched.parquet")
     data["evaluate"]["output"] = str(out / "report")
     data["evaluate"]["figures"] = False
-    for item in overrides:
-        key, _, text = item.partition("=")
-        _set(data, key, read_yaml(text))
+    data = apply_settings(data, overrides)
     return parse_config(data, origin=f"{config} (seed {seed})", base=config.resolve().parent)
 
 

@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from geoembed.config import Config, load_config, save_resolved
+from geoembed.config import Config, add_settings_argument, load_config, save_resolved
 from geoembed.config.build import RasterViewConfig, ViewConfig
 from geoembed.errors import InputError
 from geoembed.io.fingerprint import file_fingerprint, source_fingerprint, text_fingerprint
@@ -206,6 +206,7 @@ def format_summary(summary: dict) -> str:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", required=True, help="YAML config with locations and views sections")
+    add_settings_argument(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="rebuild artefacts built from different settings instead of stopping")
     parser.add_argument("--only", nargs="+", metavar="VIEW", help="build only these views")
@@ -213,7 +214,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, settings=args.settings)
     if args.scheduler:
         cfg.dask.scheduler = args.scheduler
     summary = build(cfg, overwrite=args.overwrite, only=args.only)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geoembed.config import Config, load_config
+from geoembed.config import Config, add_settings_argument, load_config
 
 log = logging.getLogger(__name__)
 
@@ -334,6 +334,7 @@ def _seed_spread(cfg: Config) -> list[str]:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", default=str(DEMO_CONFIG), help="demo config (default configs/demo.yaml)")
+    add_settings_argument(parser)
     parser.add_argument("--distilled", default=None,
                         help="config of the GeoCLIP / distilled comparison run after it (default "
                              "configs/demo_distilled.yaml with the default -c; none otherwise)")
@@ -345,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     from geoembed.errors import ConfigError, InputError
 
     logging.getLogger("geoembed").setLevel(logging.WARNING)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, settings=args.settings)
     own = Path(args.config).resolve() == DEMO_CONFIG.resolve()
     second = getattr(args, "distilled", None) or (str(DISTILLED_CONFIG) if own else None)
     if getattr(args, "no_distilled", False):

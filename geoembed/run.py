@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from geoembed.config import Config, load_config
+from geoembed.config import Config, add_settings_argument, load_config
 from geoembed.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -264,6 +264,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``geoembed run``."""
     parser.add_argument("-c", "--config", required=True,
                         help="YAML config: its locations/views, train, enrich and evaluate sections are run in order")
+    add_settings_argument(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="rebuild artefacts made from other settings instead of stopping")
     parser.add_argument("--scheduler", help="Dask distributed scheduler address for the build (overrides config/env)")
@@ -271,7 +272,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``geoembed run -c CONFIG``."""
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, settings=args.settings)
     if args.scheduler:
         cfg.dask.scheduler = args.scheduler
     t = time.perf_counter()

@@ -48,8 +48,20 @@ def settings_key(cfg: Config) -> str:
     return text_fingerprint(_relative(d, str(REPO) + "/"))
 
 
+def _records(path: Path) -> list[dict]:
+    """The records in ``path`` (a list under ``records``; an older file holds one record), or []."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    if isinstance(data, dict) and isinstance(data.get("records"), list):
+        return [r for r in data["records"] if isinstance(r, dict)]
+    return [data] if isinstance(data, dict) and "settings_key" in data else []
+
+
 def record_seeds(path: Path, key: str, description: str, rows: list[dict], command: str) -> dict:
-    """Write the record: ``rows`` are ``{"seed", "ratios": {"glm": x, ...}}`` for the embeddings."""
+    """Record ``rows`` (``{"seed", "ratios": {"glm": x, ...}}`` for the embeddings) for the settings ``key``
+    in ``path``, replacing an earlier record of the same settings and keeping the others; returns it."""
     models = list(dict.fromkeys(m for r in rows for m in r["ratios"]))
     summary = {}
     for m in models:
@@ -60,20 +72,35 @@ def record_seeds(path: Path, key: str, description: str, rows: list[dict], comma
               "seeds": [{"seed": r["seed"], "ratios": r["ratios"]} for r in rows], "summary": summary}
     from geoembed.io.atomic import atomic_write_text
 
-    atomic_write_text(path, json.dumps(record, indent=1) + "\n")
+    others = [r for r in _records(path) if r.get("settings_key") != key]
+    atomic_write_text(path, json.dumps({"records": [*others, record]}, indent=1) + "\n")
     return record
 
 
+def _ratios(record: dict) -> str:
+    return ", ".join(f"{m} {v['mean']:.3f} +- {v['sd']:.3f} (worst {v['worst']:.3f})"
+                     for m, v in record["summary"].items())
+
+
 def seed_spread_lines(cfg: Config, path: Path = RECORD) -> list[str]:
-    """Lines saying how many seeds back the figures of ``cfg``, from the record."""
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        record = None
-    if not record or record.get("settings_key") != settings_key(cfg):
-        return ["These figures are one seed's; no multi-seed record matches these settings "
-                "(python benchmarks/bench_quality.py --record)."]
-    seeds = [s["seed"] for s in record["seeds"]]
-    parts = [f"{m} {v['mean']:.3f} +- {v['sd']:.3f} (worst {v['worst']:.3f})" for m, v in record["summary"].items()]
-    return [f"Over {len(seeds)} seeds of these settings ({', '.join(map(str, seeds))}; "
-            f"{record.get('command', 'benchmarks/bench_quality.py')}), embeddings: " + ", ".join(parts) + "."]
+    """Lines saying how many seeds back the figures of ``cfg``, from the record; and the recorded figures of
+    the same settings with another number of ensemble members (``--set train.ensemble=K``)."""
+    by_key = {r.get("settings_key"): r for r in _records(path)}
+    own = by_key.get(settings_key(cfg))
+    if own is None:
+        lines = ["These figures are one seed's; no multi-seed record matches these settings "
+                 "(python benchmarks/bench_quality.py --record)."]
+    else:
+        seeds = [x["seed"] for x in own["seeds"]]
+        lines = [f"Over {len(seeds)} seeds of these settings ({', '.join(map(str, seeds))}; "
+                 f"{own.get('command', 'benchmarks/bench_quality.py')}), embeddings: {_ratios(own)}."]
+    if cfg.train is not None:
+        for k in range(1, 9):
+            if k == cfg.train.ensemble:
+                continue
+            other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"ensemble": k})})
+            rec = by_key.get(settings_key(other))
+            if rec is not None:
+                lines.append(f"With {k} ensemble member{'s' if k > 1 else ''} (--set train.ensemble={k}), over "
+                             f"{len(rec['seeds'])} seeds: {_ratios(rec)}.")
+    return lines

@@ -94,3 +94,37 @@ def test_yaml_types_that_are_legitimate_are_accepted(tmp_path):
     cfg = load_config(p)
     assert cfg.locations.block_size_m == 1000.0 and cfg.locations.region.bbox == (0.0, 0.0, 1.0, 1.0)
     assert cfg.train.lr == pytest.approx(1e-3)
+
+
+def test_set_overrides_dotted_keys_with_yaml_values():
+    demo = ROOT / "configs" / "demo.yaml"
+    cfg = load_config(demo, settings=["train.ensemble=6", "train.views.0.out_dim=24", "seed=3",
+                                      "evaluate.gbm.grid={num_leaves: [4, 7]}", "train.coordinate_encoder.network"
+                                      ".hidden=[64, 64]"])
+    assert cfg.train.ensemble == 6 and cfg.train.views[0].out_dim == 24 and cfg.seed == 3
+    assert cfg.evaluate.gbm.grid == {"num_leaves": [4, 7]}
+    assert cfg.train.coordinate_encoder.network.hidden == [64, 64]
+    base = load_config(demo)
+    assert cfg.workdir == base.workdir  # paths still resolve against the file
+    assert base.train.ensemble == 2  # the file is not changed
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("train.ensemble", r"--set 'train\.ensemble': give KEY=VALUE"),
+    ("train..ensemble=3", "give KEY=VALUE"),
+    ("train.views.7.out_dim=3", r"--set train\.views\.7\.out_dim: train\.views is a list of 2"),
+    ("train.epochs.x=3", r"--set train\.epochs\.x: train\.epochs is a value \(12\), not a section"),
+    ("train.epochz=3", r"train\.epochz: unknown key"),
+    ("train.ensemble=[1", "not valid YAML"),
+])
+def test_set_errors_name_the_setting(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(ROOT / "configs" / "demo.yaml", settings=[setting])
+
+
+def test_set_on_the_command_line(tmp_path, capsys):
+    from geoembed.cli import main
+
+    assert main(["train", "-c", str(ROOT / "configs" / "demo.yaml"), "--set", "train.epochz=3"]) != 0
+    err = capsys.readouterr().err
+    assert "train.epochz: unknown key" in err and "--set train.epochz=3" in err and "Traceback" not in err

@@ -35,6 +35,8 @@ from geoembed.io import gdalnames
 
 __all__ = [
     "Config",
+    "add_settings_argument",
+    "apply_settings",
     "DaskConfig",
     "EnrichConfig",
     "EvaluateConfig",
@@ -168,8 +170,11 @@ def read_yaml(text: str):
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 
-def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Config:
-    """Read and validate a YAML config file; paths in it are relative to the file's folder."""
+def load_config(path: str | os.PathLike, overrides: dict | None = None,
+                settings: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read and validate a YAML config file; paths in it are relative to the file's folder.
+    ``overrides`` replaces top-level sections; ``settings`` are ``KEY=VALUE`` strings (``--set``, see
+    :func:`apply_settings`) applied after them."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
@@ -179,7 +184,58 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Confi
         raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
     if overrides:
         data = {**data, **overrides}
-    return parse_config(data, origin=str(p), base=p.resolve().parent)
+    if settings:
+        data = apply_settings(data, settings)
+    origin = str(p) + "".join(f" --set {s}" for s in settings)
+    return parse_config(data, origin=origin, base=p.resolve().parent)
+
+
+def apply_settings(data: dict, settings: list[str] | tuple[str, ...]) -> dict:
+    """A copy of the config mapping ``data`` with ``KEY=VALUE`` settings applied: ``KEY`` is a dotted path
+    (``train.ensemble``; a number indexes a list: ``train.views.0.out_dim``), ``VALUE`` is read as YAML
+    (``[1, 2]``, ``{type: mlp}``, ``null``). Missing mappings on the path are created; whether the key
+    exists is checked when the config is validated."""
+    import copy
+
+    out = copy.deepcopy(data) if isinstance(data, dict) else {}
+    for item in settings:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not k for k in key.split(".")):
+            raise ConfigError(f"--set {item!r}: give KEY=VALUE with a dotted key, e.g. --set train.ensemble=4")
+        try:
+            value = read_yaml(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: the value {text!r} is not valid YAML: {err}") from None
+        node: Any = out
+        parts = key.split(".")
+        for depth, k in enumerate(parts):
+            where = ".".join(parts[:depth]) or "the config"
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not k.isdigit() or int(k) >= len(node):
+                    raise ConfigError(f"--set {key}: {where} is a list of {len(node)}; {k!r} is not an index of it")
+                if last:
+                    node[int(k)] = value
+                else:
+                    node = node[int(k)]
+            elif isinstance(node, dict):
+                if last:
+                    node[k] = value
+                else:
+                    if node.get(k) is None:  # absent, or a section left empty (``train:``)
+                        node[k] = {}
+                    node = node[k]
+            else:
+                raise ConfigError(f"--set {key}: {where} is a value ({node!r}), not a section")
+    return out
+
+
+def add_settings_argument(parser) -> None:
+    """``--set KEY=VALUE`` (repeatable) on a command that reads a config (:func:`apply_settings`)."""
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the config, e.g. --set train.ensemble=4 (the value is YAML; "
+                             "repeatable)")
 
 
 def save_resolved(cfg: Config, path: str | os.PathLike) -> Path:

@@ -12,7 +12,10 @@ log = logging.getLogger(__name__)
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``geoembed evaluate``."""
+    from geoembed.config import add_settings_argument
+
     parser.add_argument("-c", "--config", required=True, help="YAML config with an 'evaluate:' section")
+    add_settings_argument(parser)
     parser.add_argument("-o", "--output", default=None,
                         help="report folder (default: evaluate.output, else <workdir>/evaluation)")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from geoembed.evaluate.core import make_embedder, read_table, run_evaluation, summary_table
     from geoembed.evaluate.report import lift_table, markdown_table, write_report
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, settings=args.settings)
     cfg.require("evaluate")
     ev = cfg.evaluate
     if args.allow_out_of_support:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from geoembed.config import load_config
+from geoembed.config import add_settings_argument, load_config
 from geoembed.train.diagnostics import format_diagnostics
 from geoembed.train.ensemble import members_note as _members
 from geoembed.train.loop import train
@@ -15,6 +15,7 @@ __all__ = ["configure_parser", "run"]
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``geoembed train``."""
     parser.add_argument("-c", "--config", required=True, help="YAML config with a train section")
+    add_settings_argument(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="discard a checkpoint from a run with other settings and start again")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
@@ -22,7 +23,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``geoembed train -c CONFIG``: train and write ``<workdir>/bundle``."""
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, settings=args.settings)
     cfg.require("train")
     summary = train(cfg, resume=not args.no_resume, overwrite=args.overwrite)
     if summary.get("stopped") == "up_to_date":
