@@ -36,8 +36,9 @@ def _relative(obj, root: str):
 def settings_key(cfg: Config) -> str:
     """A fingerprint of a parsed config over what changes results (locations, views, train, enrich,
     evaluate), less the seed, the workdir, per-run paths and the time cap; paths inside the repository are
-    taken relative to it, so a clone elsewhere has the same key."""
-    dump = cfg.model_dump(mode="json")
+    taken relative to it, so a clone elsewhere has the same key. Settings at their defaults are left out,
+    so that a setting added to geoembed later (at a default that keeps the old behaviour) keeps the key."""
+    dump = cfg.model_dump(mode="json", exclude_defaults=True)
     d = copy.deepcopy({k: dump.get(k) for k in _SECTIONS})
     for section, keys in _RUN_PATHS.items():
         for key in keys:

@@ -67,3 +67,13 @@ def test_an_older_single_record_file_is_read(tmp_path):
     rec = record_seeds(path, settings_key(cfg), "demo.yaml", [{"seed": 0, "ratios": {"glm": 0.5}}], "bench")
     path.write_text(json.dumps(rec))  # the layout before records were a list
     assert "Over 1 seeds" in seed_spread_lines(cfg, path)[0]
+
+
+def test_the_shipped_record_matches_the_demo_config():
+    """configs/demo.yaml's settings have a 5-seed record (re-record with bench_quality.py --record after a
+    change to them)."""
+    from geoembed.seeds import RECORD
+
+    (line, *options) = seed_spread_lines(load_config(DEMO), RECORD)
+    assert line.startswith("Over 5 seeds of these settings"), line
+    assert any("--set train.ensemble=6" in o for o in options)
