@@ -127,8 +127,8 @@ def run_seed(config: str, seed: int, workdir: str, overrides: list[str]) -> dict
     seconds = time.perf_counter() - t
     metrics = json.loads((Path(res["bundle"]) / "metrics.json").read_text())
     ratios = {(r["model"], r["features"]): r["deviance_ratio"] for r in res["pooled"]}
-    from geoembed.evaluate.core import read_table
     from geoembed.evaluate.splits import assign_folds
+    from geoembed.evaluate.tables import read_table
 
     ev = cfg.evaluate
     table = read_table(ev.table, ev.lon_col, ev.lat_col)

@@ -65,8 +65,9 @@ def evaluate_report(ev: EvaluateConfig, table: Path, bundle: Path | None, out: P
     """Cross-validate ``ev``'s models on ``table`` (embeddings from ``bundle`` where one is given),
     write the report folder ``out``; returns it and the pooled table (one row per model x features)."""
     from geoembed.enrich import LocationEmbedder
-    from geoembed.evaluate.core import read_table, run_evaluation, summary_table
+    from geoembed.evaluate.core import run_evaluation, summary_table
     from geoembed.evaluate.report import write_report
+    from geoembed.evaluate.tables import read_table
 
     ev = ev.model_copy(update={"table": str(table), "bundle": None if bundle is None else str(bundle)})
     data = read_table(table, ev.lon_col, ev.lat_col)

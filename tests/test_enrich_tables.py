@@ -22,7 +22,7 @@ from geoembed import LocationEmbedder
 from geoembed.cli import main as cli_main
 from geoembed.enrich import enrich_directory, enrich_file, fit_reduction_file
 from geoembed.errors import InputError
-from geoembed.evaluate.core import read_table
+from geoembed.evaluate.tables import read_table
 from geoembed.inspect import describe
 from geoembed.io.atomic import atomic_path, stale_temps
 from geoembed.io.enriched import INVALID_COL
@@ -135,7 +135,7 @@ def test_csv_text_is_kept_and_named_columns_are_parsed(tmp_path, bundle_path):
     t = read_table(src)
     assert t["code"].tolist()[0] == "0007" and t["note"].tolist()[0] == "NA"
     from geoembed.config.evaluate import EvaluateConfig
-    from geoembed.evaluate.core import validate_table
+    from geoembed.evaluate.tables import validate_table
 
     cfg = EvaluateConfig(table="t.csv", target="claims", features=["none"], models=["glm"],
                          split={"kind": "random", "n_folds": 2})
@@ -171,7 +171,7 @@ def test_projected_coordinates_are_named_and_a_crs_converts_them(tmp_path, bundl
     emb = LocationEmbedder(bundle_path, lon_col="x", lat_col="y", crs="EPSG:31985").fit_transform(df)
     np.testing.assert_allclose(emb, bundle.embed(lon, lat), atol=1e-5)
     from geoembed.config.evaluate import EvaluateConfig
-    from geoembed.evaluate.core import validate_table
+    from geoembed.evaluate.tables import validate_table
 
     cfg = EvaluateConfig(table="m.csv", target="id", lon_col="x", lat_col="y", features=["coords"],
                          models=["glm"], split={"kind": "random", "n_folds": 2})

@@ -185,7 +185,8 @@ def test_a_minority_out_of_support_is_reported_without_warning(tmp_path, tiny_bu
     cfg = _support_cfg(tmp_path, tiny_bundle, _olinda_table(120, 0.5), max_out_of_support_share=0.25)
     with pytest.raises(InputError, match=r"60 of 120 rows \(50.0%\).*max_out_of_support_share is 0.25"):
         ev = load_config(cfg).evaluate
-        from geoembed.evaluate.core import make_embedder, read_table
+        from geoembed.evaluate.core import make_embedder
+        from geoembed.evaluate.tables import read_table
 
         run_evaluation(read_table(ev.table), ev, embedder=make_embedder(ev))
     cfg = _support_cfg(tmp_path, tiny_bundle, _olinda_table(120, 0.5), max_out_of_support_share=0.25,

@@ -19,8 +19,8 @@ from geoembed.config.evaluate import EvaluateConfig
 from geoembed.enrich.polygons import embed_polygons
 from geoembed.errors import InputError
 from geoembed.evaluate import run_evaluation
-from geoembed.evaluate.core import read_table
 from geoembed.evaluate.support import support_summary
+from geoembed.evaluate.tables import read_table
 from geoembed.testing.bundles import TINY_EMB as EMB
 
 TRACTS = Path(__file__).resolve().parents[1] / "data" / "olinda" / "olinda1.shp"

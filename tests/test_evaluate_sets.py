@@ -15,8 +15,8 @@ from geoembed.config.evaluate import EmbeddingSetConfig, EvaluateConfig
 from geoembed.enrich.polygons import embed_polygons
 from geoembed.errors import ConfigError, InputError
 from geoembed.evaluate import run_evaluation
-from geoembed.evaluate.core import read_table
 from geoembed.evaluate.report import render_markdown
+from geoembed.evaluate.tables import read_table
 from geoembed.testing.bundles import make_tiny_bundle
 
 TRACTS = Path(__file__).resolve().parents[1] / "data" / "olinda" / "olinda1.shp"

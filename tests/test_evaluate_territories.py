@@ -174,7 +174,7 @@ def test_olinda_report_with_territories_and_map(tmp_path):
     g = g.rename(columns={"NM_BAIR": "bairro"})
     path = tmp_path / "olinda.parquet"
     g[["V014", "area_km2", "bairro", "geometry"]].to_parquet(path)
-    from geoembed.evaluate.core import read_table
+    from geoembed.evaluate.tables import read_table
 
     table = read_table(path)
     cfg = EvaluateConfig(table=str(path), target="V014", exposure="area_km2", features=["none", "coords"],
@@ -282,7 +282,7 @@ def test_command_on_nc_counties_contiguous(tmp_path, capsys):
     rep = tmp_path / "run" / "evaluation"
     assert "touching-polygon graph" in (rep / "report.md").read_text()
     g = gpd.read_file(gpkg)
-    from geoembed.evaluate.core import read_table
+    from geoembed.evaluate.tables import read_table
 
     t = read_table(gpkg)
     lab = pd.read_csv(rep / "territory_rows.csv")["territory"].to_numpy()

@@ -22,11 +22,10 @@ from geoembed.evaluate.core import (
     embed,
     embedding_columns,
     evaluate,
-    make_estimator,
-    read_table,
     run_evaluation,
     summary_table,
 )
+from geoembed.evaluate.estimators import make_estimator
 from geoembed.evaluate.metrics import (
     actual_expected_by_decile,
     decile_index,
@@ -65,6 +64,7 @@ from geoembed.evaluate.splits import (
     region_folds,
 )
 from geoembed.evaluate.support import support_summary
+from geoembed.evaluate.tables import read_table
 
 __all__ = [
     "EmbeddingPCA", "EvaluationResult", "GAMRegressor", "GBMRegressor", "GLMRegressor", "LeaveRegionOut", "ModelFitError",

@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     """Run the evaluation of ``args.config`` and print the pooled comparison table."""
     from geoembed.config import load_config
     from geoembed.errors import ConfigError
-    from geoembed.evaluate.core import make_embedder, read_table, run_evaluation, summary_table
+    from geoembed.evaluate.core import make_embedder, run_evaluation, summary_table
     from geoembed.evaluate.report import lift_table, markdown_table, write_report
+    from geoembed.evaluate.tables import read_table
 
     cfg = load_config(args.config, settings=args.settings)
     cfg.require("evaluate")

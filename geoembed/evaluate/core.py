@@ -13,10 +13,12 @@ import pandas as pd
 from geoembed.config.evaluate import FEATURE_SETS, EvaluateConfig  # noqa: F401 - FEATURE_SETS: as before
 from geoembed.errors import ConfigError, GeoembedError, InputError
 from geoembed.evaluate import metrics as M
-from geoembed.evaluate.models import GAMRegressor, GBMRegressor, GLMRegressor, ModelFitError, null_predict
-from geoembed.evaluate.pca import EmbeddingPCA, final_estimator, fit_info, pca_names
+from geoembed.evaluate.estimators import make_estimator, with_inner_folds
+from geoembed.evaluate.models import ModelFitError, null_predict
+from geoembed.evaluate.pca import final_estimator, fit_info
 from geoembed.evaluate.splits import assign_folds, inner_folds
 from geoembed.evaluate.support import check_support, support_summary
+from geoembed.evaluate.tables import check_numeric, validate_table, with_lonlat
 
 log = logging.getLogger(__name__)
 
@@ -41,52 +43,6 @@ class EvaluationResult:
     bundle_fingerprint: str | None = None
     info: dict = field(default_factory=dict)
     embedding_sets: dict[str, list[str]] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------------------------------------- input
-
-
-def read_table(path: str | Path, lon_col: str = "lon", lat_col: str = "lat") -> pd.DataFrame:
-    """Read a table with :func:`geoembed.io.tables.read_frame` (CSV, Parquet, GeoParquet, shapefile,
-    GeoPackage, GeoJSON, FlatGeobuf; the same formats and errors as ``enrich`` and ``inspect``). CSV
-    columns are text: :func:`validate_table` parses the columns the config names, naming bad rows.
-
-    For a table with a geometry, when ``lon_col`` / ``lat_col`` are not columns they are filled from the
-    geometry in EPSG:4326 (points as they are, other shapes by their centroid computed in a local
-    equal-area projection); the geometry column is dropped.
-    """
-    from geoembed.io.tables import read_frame
-
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"evaluate.table: {p} does not exist")
-    try:
-        table = read_frame(p)
-    except InputError as err:
-        raise InputError(f"evaluate.table: {err}") from None
-    if hasattr(getattr(table, "geometry", None), "crs"):  # a GeoDataFrame (not a column named geometry)
-        return _with_lonlat(table, lon_col, lat_col)
-    return table
-
-
-def _with_lonlat(gdf, lon_col: str, lat_col: str) -> pd.DataFrame:
-    """A plain DataFrame with lon/lat columns taken from the geometry when missing."""
-    df = pd.DataFrame(gdf.drop(columns=gdf.geometry.name))
-    if lon_col in df.columns and lat_col in df.columns:
-        return df
-    if gdf.crs is None:
-        raise InputError("evaluate.table: the geometry has no CRS; cannot derive lon/lat")
-    geom = gdf.geometry
-    if not (geom.geom_type == "Point").all():
-        g4326 = geom.to_crs("EPSG:4326")
-        b = g4326.total_bounds
-        lon0, lat0 = (b[0] + b[2]) / 2, (b[1] + b[3]) / 2
-        laea = f"+proj=laea +lat_0={lat0:.6f} +lon_0={lon0:.6f} +ellps=WGS84 +units=m +no_defs"
-        geom = geom.to_crs(laea).centroid
-    pts = geom.to_crs("EPSG:4326")
-    df[lon_col] = pts.x.to_numpy()
-    df[lat_col] = pts.y.to_numpy()
-    return df
 
 
 def embedding_columns(table: pd.DataFrame, prefix: str = "emb_") -> list[str]:
@@ -175,139 +131,6 @@ def embed(table: pd.DataFrame, embedder, prefix: str = "emb_") -> pd.DataFrame:
     return res
 
 
-def _check_numeric(table: pd.DataFrame, col: str, what: str) -> np.ndarray:
-    """The column as float64 (CSV text parsed); InputError naming the first bad rows and their values."""
-    from geoembed.io.tables import numeric_column
-
-    return numeric_column(table[col], col, what, "evaluate.table")
-
-
-def _rows(table: pd.DataFrame, mask: np.ndarray) -> str:
-    """The first offending row numbers (0-based positions in the table), for error messages."""
-    bad = np.flatnonzero(mask)
-    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-    return ", ".join(str(r) for r in bad[:5]) + more + " (0-based)"
-
-
-def validate_table(table: pd.DataFrame, cfg: EvaluateConfig, needs_coords: bool) -> None:
-    """Check columns and values; InputError naming the column and rows at fault."""
-    need = {"evaluate.target": [cfg.target], "evaluate.covariates": cfg.covariates,
-            "evaluate.categorical": cfg.categorical}
-    if cfg.exposure:
-        need["evaluate.exposure"] = [cfg.exposure]
-    if needs_coords:
-        need["evaluate.lon_col/lat_col"] = [cfg.lon_col, cfg.lat_col]
-    missing = {k: [c for c in cols if c not in table.columns] for k, cols in need.items()}
-    missing = {k: v for k, v in missing.items() if v}
-    if missing:
-        desc = "; ".join(f"{k}: {v}" for k, v in missing.items())
-        raise InputError(f"the table lacks column(s) {desc} (it has {list(table.columns)[:20]})")
-    if len(table) < 2:
-        raise InputError(f"the table has {len(table)} row(s); need at least 2 per fold")
-    y = _check_numeric(table, cfg.target, "target")
-    fam = cfg.family
-    if fam in ("poisson", "tweedie") and (y < 0).any():
-        raise InputError(f"target {cfg.target!r} must be >= 0 for family {fam!r}; "
-                         f"negative in rows {_rows(table, y < 0)}")
-    if fam == "gamma" and (y <= 0).any():
-        raise InputError(f"target {cfg.target!r} must be > 0 for family 'gamma'; "
-                         f"non-positive in rows {_rows(table, y <= 0)}")
-    if fam == "binomial" and not np.isin(y, (0.0, 1.0)).all():
-        raise InputError(f"target {cfg.target!r} must be 0 or 1 for family 'binomial'; "
-                         f"other values in rows {_rows(table, ~np.isin(y, (0.0, 1.0)))}")
-    if cfg.exposure:
-        e = _check_numeric(table, cfg.exposure, "exposure")
-        if (e <= 0).any():
-            raise InputError(f"exposure {cfg.exposure!r} must be > 0; non-positive in rows {_rows(table, e <= 0)}")
-    for c in cfg.covariates:
-        _check_numeric(table, c, "covariate")
-    for c in cfg.categorical:
-        if table[c].isna().any():
-            raise InputError(f"categorical column {c!r} has missing values in rows {_rows(table, table[c].isna().to_numpy())}")
-    if needs_coords:
-        lon = _check_numeric(table, cfg.lon_col, "longitude")
-        lat = _check_numeric(table, cfg.lat_col, "latitude")
-        bad = (np.abs(lon) > 180) | (np.abs(lat) > 90)
-        _check_projected(lon, lat, cfg)
-        if bad.any():
-            raise InputError(f"coordinates out of range (lon in [-180, 180], lat in [-90, 90]; "
-                             f"columns {cfg.lon_col!r}/{cfg.lat_col!r}) in rows {_rows(table, bad)}")
-
-
-def _check_projected(lon: np.ndarray, lat: np.ndarray, cfg: EvaluateConfig) -> None:
-    """InputError when most coordinates look like projected metres rather than degrees."""
-    from geoembed.io.tables import projected_like, projected_message
-
-    like = np.flatnonzero(projected_like(lon, lat))
-    if len(like) and len(like) >= 0.5 * len(lon):
-        how = ("Give the table its CRS: store it as GeoParquet or GeoPackage with a point geometry in that CRS "
-               "(e.g. geopandas: gpd.GeoDataFrame(df, geometry=gpd.points_from_xy(df.x, df.y), "
-               "crs='EPSG:XXXX').to_parquet(...)); evaluate then reads lon/lat from the geometry.")
-        raise InputError(projected_message("evaluate.table", cfg.lon_col, cfg.lat_col, len(like), len(lon),
-                                           (float(lon[like[0]]), float(lat[like[0]])), how))
-
-
-def make_estimator(model: str, features: str, cfg: EvaluateConfig, emb_cols: list[str],
-                   sets: dict[str, list[str]] | None = None):
-    """The scikit-learn estimator that ``geoembed evaluate`` fits for ``model`` on one feature set.
-
-    Base covariates (linear) and categoricals always enter; ``coords`` adds lon/lat (linear in the GLM, a
-    tensor smooth in the GAM, split features in the GBM), ``embeddings`` the embedding columns (linear,
-    one smooth each, split features); ``both`` adds both; a named embedding set (a key of ``sets``: its
-    columns) enters as ``embeddings`` does. Exposure is the config's exposure column.
-    With ``cfg.components`` the embedding columns are replaced by that many principal components: a
-    ``Pipeline`` of :class:`EmbeddingPCA` (fitted on the rows the pipeline is fitted on) and the model.
-    """
-    if sets and features in sets:
-        embs = list(sets[features])
-    else:
-        embs = list(emb_cols) if features in ("embeddings", "both") else []
-    if cfg.components is not None and embs:
-        from sklearn.pipeline import Pipeline
-
-        pca = EmbeddingPCA(columns=embs, n_components=cfg.components, whiten=cfg.whiten)
-        return Pipeline([("pca", pca), ("model", _estimator(model, features, cfg, pca_names(cfg.components)))])
-    return _estimator(model, features, cfg, embs)
-
-
-def _estimator(model: str, features: str, cfg: EvaluateConfig, embs: list[str]):
-    coords = [cfg.lon_col, cfg.lat_col] if features in ("coords", "both") else []
-    common = {"family": cfg.family, "power": cfg.tweedie_power, "exposure": cfg.exposure,
-              "categorical": list(cfg.categorical), "handle_unknown": cfg.unknown_categories}
-    cov = list(cfg.covariates)
-    if model == "glm":
-        return GLMRegressor(link=cfg.resolved_link, numeric=[*cov, *coords, *embs], alpha=cfg.glm.ridge,
-                            max_iter=cfg.glm.maxiter, **common)
-    if model == "gam":
-        g = cfg.gam
-        return GAMRegressor(link=cfg.resolved_link, numeric=cov, smooth=embs, tensor=tuple(coords) or None,
-                            df=g.df, tensor_df=g.tensor_df, degree=g.degree, smooth_basis=g.smooth_basis,
-                            tensor_basis=g.tensor_basis, alpha=g.alpha,
-                            alpha_grid=tuple(g.alpha_grid), shrinkage=g.shrinkage, max_iter=g.maxiter, **common)
-    if model == "gbm":
-        b = cfg.gbm
-        return GBMRegressor(numeric=[*cov, *coords, *embs], num_boost_round=b.num_boost_round,
-                            learning_rate=b.learning_rate, num_leaves=b.num_leaves,
-                            min_data_in_leaf=b.min_data_in_leaf, feature_fraction=b.feature_fraction,
-                            lambda_l2=b.lambda_l2, early_stopping=b.early_stopping,
-                            early_stopping_rounds=b.early_stopping_rounds, inner_cv=b.inner_folds,
-                            num_threads=b.num_threads, params=dict(b.params), grid=dict(b.grid) or None,
-                            random_state=cfg.seed, **common)
-    raise ConfigError(f"unknown model {model!r}; use one of glm, gam, gbm")
-
-
-def with_inner_folds(estimator, inner: np.ndarray):
-    """A clone of ``estimator`` whose early stopping (GBM) uses the given inner fold ids of its training rows."""
-    from sklearn.base import clone
-    from sklearn.model_selection import PredefinedSplit
-
-    est = clone(estimator)
-    keys = [k for k in est.get_params() if k == "inner_cv" or k.endswith("__inner_cv")]
-    if keys:
-        est.set_params(**{k: PredefinedSplit(inner) for k in keys})
-    return est
-
-
 def split_label(cfg: EvaluateConfig) -> str:
     """A short description of the split scheme, e.g. ``spatial_block(grid 2000 m, 5 folds)``."""
     s = cfg.split
@@ -372,7 +195,7 @@ def _embedding_sets(table: pd.DataFrame, geometry, cfg: EvaluateConfig) -> tuple
         about[name] = {"source": f"bundle {es.bundle}", "fingerprint": embedder.bundle_fingerprint_,
                        "support": support, **({"polygons": polygons} if polygons else {})}
     for name, c in cols.items():
-        table = table.assign(**{k: _check_numeric(table, k, f"embedding set {name}") for k in c})
+        table = table.assign(**{k: check_numeric(table, k, f"embedding set {name}") for k in c})
     return table, cols, about
 
 
@@ -410,7 +233,7 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
 
         geometry = table_polygons(table, cfg)
     if hasattr(getattr(table, "geometry", None), "crs"):  # a GeoDataFrame: lon/lat from it, as read_table does
-        table = _with_lonlat(table, cfg.lon_col, cfg.lat_col)
+        table = with_lonlat(table, cfg.lon_col, cfg.lat_col)
     table = table.reset_index(drop=True)
     feats = list(cfg.features)
     uses_emb = any(f in ("embeddings", "both") for f in feats)
@@ -421,7 +244,7 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
     validate_table(table, cfg, needs_coords)
     num = [cfg.target, *([cfg.exposure] if cfg.exposure else []), *cfg.covariates,
            *([cfg.lon_col, cfg.lat_col] if needs_coords else [])]
-    table = table.assign(**{c: _check_numeric(table, c, "numeric") for c in dict.fromkeys(num)})
+    table = table.assign(**{c: check_numeric(table, c, "numeric") for c in dict.fromkeys(num)})
     fingerprint = None
     poly_emb, poly_info = None, None
     if uses_emb and embedder is not None:  # polygons: their means over sampled points, not the centroids'
@@ -448,7 +271,7 @@ def run_evaluation(table: pd.DataFrame, cfg: EvaluateConfig, embedder=None,
         raise InputError(f"features {[f for f in feats if f in ('embeddings', 'both')]} need embedding columns, "
                          f"but the table has no {cfg.embedding_prefix}<k> columns and evaluate.bundle is not set")
     if emb_cols:
-        table = table.assign(**{c: _check_numeric(table, c, "embedding") for c in emb_cols})
+        table = table.assign(**{c: check_numeric(table, c, "embedding") for c in emb_cols})
     table, sets, set_about = _embedding_sets(table, geometry, cfg)
     poly_info = poly_info or next((a["polygons"] for a in set_about.values() if "polygons" in a), None)
 

@@ -3,7 +3,7 @@
 
 Used when ``evaluate.table`` is a vector file (GeoParquet, GeoPackage, shapefile, ...) whose geometry is
 not all points and the embeddings come from a bundle. lon/lat (the ``coords`` features, the spatial folds)
-stay the centroids that :func:`geoembed.evaluate.core.read_table` computes. A polygon is out of the bundle's
+stay the centroids that :func:`geoembed.evaluate.tables.read_table` computes. A polygon is out of the bundle's
 support when more than half of its (weighted) points are (:data:`MAJORITY`).
 """
 
@@ -28,7 +28,7 @@ def table_polygons(table, cfg: EvaluateConfig):
     """The geometry (a GeoSeries in its own CRS) of the evaluated rows when they are polygons, else None.
 
     ``table`` itself when it is a GeoDataFrame; else ``cfg.table`` read again when it is a vector file with
-    as many rows as ``table`` (what :func:`~geoembed.evaluate.core.read_table` returned for it). A table
+    as many rows as ``table`` (what :func:`~geoembed.evaluate.tables.read_table` returned for it). A table
     whose geometry is all points gives None (its lon/lat are the points)."""
     geom = getattr(table, "geometry", None)
     if not hasattr(geom, "crs"):

@@ -25,10 +25,9 @@ from geoembed.evaluate.core import (
     EvaluationResult,
     embed,
     feature_label,
-    make_estimator,
     summary_table,
-    with_inner_folds,
 )
+from geoembed.evaluate.estimators import make_estimator, with_inner_folds
 from geoembed.evaluate.metrics import actual_expected_by_decile
 from geoembed.evaluate.models import link_fn
 from geoembed.evaluate.pca import final_estimator

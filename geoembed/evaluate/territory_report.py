@@ -17,7 +17,8 @@ import pandas as pd
 
 from geoembed.config.evaluate import EvaluateConfig
 from geoembed.errors import ConfigError, InputError
-from geoembed.evaluate.core import EvaluationResult, make_estimator, summary_table, with_inner_folds
+from geoembed.evaluate.core import EvaluationResult, summary_table
+from geoembed.evaluate.estimators import make_estimator, with_inner_folds
 from geoembed.evaluate.splits import inner_folds
 from geoembed.evaluate.territories import (
     make_territories,
