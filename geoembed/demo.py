@@ -346,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     from geoembed.errors import ConfigError, InputError
 
     logging.getLogger("geoembed").setLevel(logging.WARNING)
-    cfg = load_config(args.config, settings=args.settings)
+    cfg = load_config(args.config, settings=getattr(args, "settings", ()))
     own = Path(args.config).resolve() == DEMO_CONFIG.resolve()
     second = getattr(args, "distilled", None) or (str(DISTILLED_CONFIG) if own else None)
     if getattr(args, "no_distilled", False):
