@@ -128,3 +128,14 @@ def test_set_on_the_command_line(tmp_path, capsys):
     assert main(["train", "-c", str(ROOT / "configs" / "demo.yaml"), "--set", "train.epochz=3"]) != 0
     err = capsys.readouterr().err
     assert "train.epochz: unknown key" in err and "--set train.epochz=3" in err and "Traceback" not in err
+
+
+def test_set_paths_are_relative_to_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    demo = ROOT / "configs" / "demo.yaml"
+    cfg = load_config(demo, settings=["enrich.input=mine/policies.csv", "workdir=runs/x"])
+    assert cfg.enrich.input == str(tmp_path / "mine" / "policies.csv")
+    assert Path(cfg.workdir) == tmp_path / "runs" / "x"
+    base = load_config(demo)
+    assert cfg.enrich.output == base.enrich.output  # the file's own paths: relative to the file, as before
+    assert cfg.views[0].sources == base.views[0].sources

@@ -174,7 +174,8 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None,
                 settings: list[str] | tuple[str, ...] = ()) -> Config:
     """Read and validate a YAML config file; paths in it are relative to the file's folder.
     ``overrides`` replaces top-level sections; ``settings`` are ``KEY=VALUE`` strings (``--set``, see
-    :func:`apply_settings`) applied after them."""
+    :func:`apply_settings`) applied after them: a relative path given there is relative to the current
+    folder, as a path typed on a command line is."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
@@ -184,10 +185,12 @@ def load_config(path: str | os.PathLike, overrides: dict | None = None,
         raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
     if overrides:
         data = {**data, **overrides}
-    if settings:
-        data = apply_settings(data, settings)
+    base = p.resolve().parent
+    if settings:  # the file's paths are relative to the file, those given with --set to the current folder
+        data = apply_settings(_resolve_paths(data, base), settings)
+        base = Path.cwd()
     origin = str(p) + "".join(f" --set {s}" for s in settings)
-    return parse_config(data, origin=origin, base=p.resolve().parent)
+    return parse_config(data, origin=origin, base=base)
 
 
 def apply_settings(data: dict, settings: list[str] | tuple[str, ...]) -> dict:
