@@ -33,7 +33,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from variants import time_variants, torch_threads  # noqa: E402 - benchmarks/variants.py
+from variants import geoclip_and_enrich_runs, time_variants  # noqa: E402 - benchmarks/variants.py
 
 DEFAULT_BUNDLE = ROOT / "runs" / "demo_distilled" / "bundle"
 MIN_SECONDS = 0.5
@@ -56,43 +56,28 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from geoembed.enrich import Enricher
     from geoembed.io.bundle import load_bundle
-    from geoembed.testing.geoclip import geoclip_location_encoder
 
     if not (Path(args.bundle) / "geoembed.json").is_file():
         print(f"no bundle at {args.bundle}: run `geoembed demo` (or `make demo`) first", file=sys.stderr)
         return 2
     bundle = load_bundle(args.bundle)
-    own = geoclip_location_encoder()
     lon, lat = _rows(args.rows, args.seed)
-    x = torch.tensor(np.stack([lat, lon], axis=1), dtype=torch.float32)  # GeoCLIP takes (lat, lon)
-    enricher = Enricher(bundle, workers=2)
-    valid = np.ones(args.rows, dtype=bool)
     nt = torch.get_num_threads()
-
-    def own_run():
-        with torch.inference_mode():
-            return own(x).numpy()
-
-    def enrich_run():
-        with torch_threads(1):
-            return enricher.embed(lon, lat, valid)
-
     own_name = f"GeoCLIP own, torch {nt} threads"
     dist_name = f"distilled, Bundle.embed, torch {nt} threads"
-    variants = {
-        own_name: (nt, own_run),
-        "GeoCLIP own, torch 1 thread": (1, own_run),
-        dist_name: (nt, lambda: bundle.embed(lon, lat)),
-        "distilled, Bundle.embed, torch 1 thread": (1, lambda: bundle.embed(lon, lat)),
-        "distilled, enrich path (2 workers x 1 thread)": (nt, enrich_run),
-    }
-    load0 = os.getloadavg()
-    wall, cpu, last = time_variants(variants, args.rounds, MIN_SECONDS)
-    shapes = {name: np.asarray(res).shape for name, res in last.items()}
-    load1 = os.getloadavg()
-    enricher.close()
+    with geoclip_and_enrich_runs(bundle, lon, lat) as (own_run, enrich_run):
+        variants = {
+            own_name: (nt, own_run),
+            "GeoCLIP own, torch 1 thread": (1, own_run),
+            dist_name: (nt, lambda: bundle.embed(lon, lat)),
+            "distilled, Bundle.embed, torch 1 thread": (1, lambda: bundle.embed(lon, lat)),
+            "distilled, enrich path (2 workers x 1 thread)": (nt, enrich_run),
+        }
+        load0 = os.getloadavg()
+        wall, cpu, last = time_variants(variants, args.rounds, MIN_SECONDS)
+        shapes = {name: np.asarray(res).shape for name, res in last.items()}
+        load1 = os.getloadavg()
 
     n = args.rows
     print(f"{n:,} rows in the Olinda scene, {args.rounds} rounds, {nt} torch threads by default, "

@@ -34,7 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from variants import time_variants, torch_threads  # noqa: E402 - benchmarks/variants.py
+from variants import geoclip_and_enrich_runs, time_variants, torch_threads  # noqa: E402 - benchmarks/variants.py
 
 OUT = ROOT / "benchmarks" / "out"
 FLOP_PER_ROW = 3 * 2 * (512 * 1024 + 2 * 1024 * 1024 + 1024 * 512)
@@ -68,44 +68,30 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="operator profile of GeoCLIP's own forward")
     args = parser.parse_args()
 
-    from geoembed.enrich import Enricher
     from geoembed.importers.geoclip import import_geoclip
     from geoembed.io.bundle import load_bundle
-    from geoembed.testing.geoclip import geoclip_location_encoder
 
     bundle_dir = OUT / "geoclip_bundle"
     if not (bundle_dir / "geoembed.json").is_file():
         import_geoclip(bundle_dir, overwrite=True)
     bundle = load_bundle(bundle_dir)
-    own = geoclip_location_encoder()
     lon, lat = _rows(args.rows, args.seed)
-    x = torch.tensor(np.stack([lat, lon], axis=1), dtype=torch.float32)  # GeoCLIP takes (lat, lon)
-    enricher = Enricher(bundle, workers=2)
-    valid = np.ones(args.rows, dtype=bool)
     dense = _dense_chain(args.rows)
     default_threads = torch.get_num_threads()
-
-    def own_run():
-        with torch.inference_mode():
-            return own(x).numpy()
-
-    def enrich_run():
-        with torch_threads(1):
-            return enricher.embed(lon, lat, valid)
-
-    variants = {
-        f"GeoCLIP own, torch {default_threads} threads": (default_threads, own_run),
-        "GeoCLIP own, torch 1 thread": (1, own_run),
-        f"imported, Bundle.embed, torch {default_threads} threads": (default_threads, lambda: bundle.embed(lon, lat)),
-        "imported, Bundle.embed, torch 1 thread": (1, lambda: bundle.embed(lon, lat)),
-        "imported, enrich path (2 workers x 1 thread)": (default_threads, enrich_run),
-        f"dense chain same shapes, torch {default_threads} threads": (default_threads, dense),
-        "dense chain same shapes, torch 1 thread": (1, dense),
-    }
-    load0 = os.getloadavg()
-    wall, cpu, outs = time_variants(variants, args.rounds)
-    load1 = os.getloadavg()
-    enricher.close()
+    with geoclip_and_enrich_runs(bundle, lon, lat) as (own_run, enrich_run):
+        variants = {
+            f"GeoCLIP own, torch {default_threads} threads": (default_threads, own_run),
+            "GeoCLIP own, torch 1 thread": (1, own_run),
+            f"imported, Bundle.embed, torch {default_threads} threads": (default_threads,
+                                                                          lambda: bundle.embed(lon, lat)),
+            "imported, Bundle.embed, torch 1 thread": (1, lambda: bundle.embed(lon, lat)),
+            "imported, enrich path (2 workers x 1 thread)": (default_threads, enrich_run),
+            f"dense chain same shapes, torch {default_threads} threads": (default_threads, dense),
+            "dense chain same shapes, torch 1 thread": (1, dense),
+        }
+        load0 = os.getloadavg()
+        wall, cpu, outs = time_variants(variants, args.rounds)
+        load1 = os.getloadavg()
 
     n = args.rows
     print(f"{n:,} rows, {args.rounds} rounds, {torch.get_num_threads()} torch threads by default, "
@@ -129,9 +115,8 @@ def main() -> int:
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
-        with torch_threads(1), torch.inference_mode():
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                own(x)
+        with torch_threads(1), profile(activities=[ProfilerActivity.CPU]) as prof:
+            own_run()
         print("\nGeoCLIP's own forward, 1 thread, by operator:")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10))
     return 0

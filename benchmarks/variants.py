@@ -1,11 +1,13 @@
-"""Shared by the encoder benchmarks (bench_import.py, bench_distilled.py): named variants timed in turn."""
+"""Shared by the encoder benchmarks (bench_import.py, bench_distilled.py): named variants timed in turn, and the
+GeoCLIP / enrich-path runs both compare."""
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
 
@@ -43,3 +45,30 @@ def time_variants(variants: dict[str, tuple[int, Callable]], rounds: int, min_se
                 wall[name].append((time.perf_counter() - t) / calls)
                 cpu[name].append((time.process_time() - c) / calls)
     return wall, cpu, last
+
+
+@contextlib.contextmanager
+def geoclip_and_enrich_runs(bundle, lon: np.ndarray, lat: np.ndarray) -> Iterator[tuple[Callable, Callable]]:
+    """``(own_run, enrich_run)`` on ``lon``/``lat``: GeoCLIP's own location encoder (from the installed wheel),
+    and ``bundle`` through the enrich path (``Enricher``, 2 workers of 1 torch thread each); the enricher is
+    closed on exit."""
+    from geoembed.enrich import Enricher
+    from geoembed.testing.geoclip import geoclip_location_encoder
+
+    own = geoclip_location_encoder()
+    x = torch.tensor(np.stack([lat, lon], axis=1), dtype=torch.float32)  # GeoCLIP takes (lat, lon)
+    valid = np.ones(len(lon), dtype=bool)
+    enricher = Enricher(bundle, workers=2)
+
+    def own_run():
+        with torch.inference_mode():
+            return own(x).numpy()
+
+    def enrich_run():
+        with torch_threads(1):
+            return enricher.embed(lon, lat, valid)
+
+    try:
+        yield own_run, enrich_run
+    finally:
+        enricher.close()

@@ -85,7 +85,7 @@ def _ratios(record: dict) -> str:
 
 def seed_spread_lines(cfg: Config, path: Path = RECORD) -> list[str]:
     """Lines saying how many seeds back the figures of ``cfg``, from the record; and the recorded figures of
-    the same settings with another number of ensemble members (``--set train.ensemble=K``)."""
+    the same settings with another number of ensemble members (1 to 8; ``--set train.ensemble=K``)."""
     by_key = {r.get("settings_key"): r for r in _records(path)}
     own = by_key.get(settings_key(cfg))
     if own is None:

@@ -175,3 +175,34 @@ def test_more_members_reuse_the_finished_ones(world, tmp_path):
     # and back to 2: the first two members again, aligned as before
     again = train(_config(world, wd, 2))
     np.testing.assert_array_equal(load_bundle(again["bundle"]).embed(*at), emb_two)
+
+
+def test_members_written_before_the_fingerprint_left_out_k_are_reused(world, tmp_path):
+    """Members (and their checkpoints) stamped with the older ``<run fingerprint>-member<k>`` are still
+    reused by a run with the same K."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from geoembed.train.checkpoint import legacy_member_fingerprint
+
+    wd = tmp_path / "old"
+    first = train(_config(world, wd, 2))
+    run_fp = json.loads((Path(first["bundle"]) / "metrics.json").read_text())["run_fingerprint"]
+    for k in range(2):  # stamp them as the older version did
+        folder = member_dir(wd / "train", k)
+        path = folder / ENCODER_FILE
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata())
+        meta["fingerprint"] = legacy_member_fingerprint(run_fp, k)
+        save_file(load_file(str(path)), str(path), metadata=meta)
+        state = folder / "checkpoint" / "state.json"
+        state.write_text(json.dumps({**json.loads(state.read_text()), "fingerprint": meta["fingerprint"]}))
+    kept = [(member_dir(wd / "train", k) / ENCODER_FILE).stat().st_mtime_ns for k in range(2)]
+    shutil.rmtree(Path(first["bundle"]))
+    again = train(_config(world, wd, 2))
+    assert again["stopped"] != "up_to_date"
+    assert [(member_dir(wd / "train", k) / ENCODER_FILE).stat().st_mtime_ns for k in range(2)] == kept
+    assert [m["seed"] for m in json.loads((Path(again["bundle"]) / "metrics.json").read_text())
+            ["ensemble"]["member_metrics"]] == [0, 1]

@@ -67,6 +67,12 @@ def member_fingerprint(cfg: Config, data_fp: str, seed: int, k: int) -> str:
     return f"{run_fingerprint(single, data_fp, seed)}-member{k}"
 
 
+def legacy_member_fingerprint(run_fp: str, k: int) -> str:
+    """The fingerprint members written before it left out K carry: the whole run's (K included) and ``k``;
+    such a member is still reused, by a run with the same K."""
+    return f"{run_fp}-member{k}"
+
+
 def training_budget(tc: TrainConfig) -> dict:
     """The training budget: left out of the run fingerprint (a resume may change it) but a finished
     bundle only stands for the budget it was trained with."""

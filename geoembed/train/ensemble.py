@@ -27,7 +27,7 @@ from geoembed.config import Config
 from geoembed.io.atomic import atomic_path, atomic_write_text
 from geoembed.nn.ensemble import procrustes_rotations
 from geoembed.nn.networks import build_coordinate_encoder
-from geoembed.train.checkpoint import member_fingerprint
+from geoembed.train.checkpoint import legacy_member_fingerprint, member_fingerprint
 from geoembed.train.data import TrainData
 
 log = logging.getLogger(__name__)
@@ -44,10 +44,9 @@ def member_dir(run_dir: Path, k: int) -> Path:
     return run_dir / f"member{k}"
 
 
-def _load_finished(folder: Path, fingerprint: str, legacy: str | None = None
-                   ) -> tuple[torch.nn.Module, dict] | None:
-    """A member finished by an earlier invocation of this run: its encoder and summary, else None.
-    ``legacy``: the fingerprint such members had before it left out K (``<run fingerprint>-member<k>``)."""
+def _load_finished(folder: Path, *fingerprints: str) -> tuple[torch.nn.Module, dict] | None:
+    """A member finished by an earlier invocation with one of ``fingerprints`` (its own, and the one members
+    had before it left out K): its encoder and summary, else None."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -56,7 +55,7 @@ def _load_finished(folder: Path, fingerprint: str, legacy: str | None = None
         return None
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    if meta.get("fingerprint") not in (fingerprint, legacy or fingerprint):
+    if meta.get("fingerprint") not in fingerprints:
         return None
     spec = json.loads(meta["spec"])
     enc = build_coordinate_encoder(spec)
@@ -158,7 +157,7 @@ def train_ensemble(cfg: Config, data: TrainData, seed: int, run_dir: Path, finge
     k_members = cfg.train.ensemble
     jobs = min(cfg.train.ensemble_jobs, k_members)
     fps = [member_fingerprint(cfg, data.fingerprint, seed, k) for k in range(k_members)]
-    legacy = [f"{fingerprint}-member{k}" for k in range(k_members)]
+    legacy = [legacy_member_fingerprint(fingerprint, k) for k in range(k_members)]
     if jobs > 1 and world == 1 and device.type == "cpu" and stop_after_epochs is None:
         pending = [k for k in range(k_members)
                    if _load_finished(member_dir(run_dir, k), fps[k], legacy[k]) is None]

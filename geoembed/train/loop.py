@@ -37,6 +37,7 @@ from geoembed.train.checkpoint import (
     CHECKPOINT,
     RUN_DIR,
     finished_bundle,
+    legacy_member_fingerprint,
     member_fingerprint,
     restore_checkpoint,
     run_fingerprint,
@@ -163,7 +164,7 @@ def _prepare_run_dir(cfg: Config, fingerprint: str, data_fp: str, seed: int, *, 
                 own = {fingerprint}
             else:  # an ensemble member's (its fingerprint leaves out K; before it did not)
                 k = int(ckpt.parent.name.removeprefix("member"))
-                own = {member_fingerprint(cfg, data_fp, seed, k), f"{fingerprint}-{ckpt.parent.name}"}
+                own = {member_fingerprint(cfg, data_fp, seed, k), legacy_member_fingerprint(fingerprint, k)}
             if old.get("fingerprint") in own:
                 continue
             if not overwrite:
