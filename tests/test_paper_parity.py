@@ -315,6 +315,28 @@ def test_input_scaling_by_divisors():
     np.testing.assert_array_equal(normalise_array(x, stats), [[[-0.5, 0.0]], [[1.0, 0.0]]])
 
 
+def test_standardisation_in_place_equals_the_formula():
+    """(x - mean) / std per channel in float32, NaN and infinities to 0; by default the input is left alone,
+    with ``copy=False`` it is scaled in place."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(100.0, 20.0, size=(50, 3, 4, 4)).astype(np.float32)
+    x[0, 1, 2, 3], x[4, 0, 0, 0], x[7, 2, 1, 1] = np.nan, np.inf, -np.inf
+    stats = {"mean": [100.0, 90.0, 110.0], "std": [20.0, 0.0, 5.0]}  # a zero std divides by 1
+    mean = np.float32([100.0, 90.0, 110.0])[None, :, None, None]
+    std = np.float32([20.0, 1.0, 5.0])[None, :, None, None]
+    want = (x - mean) / std
+    want[~np.isfinite(want)] = 0.0
+    before = x.copy()
+    out = normalise_array(x, stats)
+    assert out.dtype == np.float32 and np.array_equal(out, want)
+    assert np.array_equal(x, before, equal_nan=True)  # untouched
+    inplace = normalise_array(x, stats, copy=False)
+    assert np.shares_memory(inplace, x) and np.array_equal(inplace, want)
+    ints = rng.integers(0, 255, size=(10, 2, 3, 3)).astype(np.uint8)  # another dtype is converted, not reused
+    got = normalise_array(ints, {"mean": [0.0, 1.0], "std": [2.0, 2.0]}, copy=False)
+    assert got.dtype == np.float32 and not np.shares_memory(got, ints) and got[0, 1, 0, 0] == (ints[0, 1, 0, 0] - 1) / 2
+
+
 def test_unclamped_temperature():
     clamped = ContrastiveLoss(temperature_min=0.01)
     free = ContrastiveLoss(temperature_min=None)

@@ -67,15 +67,16 @@ class TrainData:
 
 def normalise_array(arr: np.ndarray, stats: dict | None, log1p: bool = False, *,
                     scale: str = "standardise", divide_by: float | list[float] | str | None = None,
-                    where: str = "divide_by") -> np.ndarray:
+                    where: str = "divide_by", copy: bool = True) -> np.ndarray:
     """Per-channel (axis 1) scaling; NaN (no data) becomes 0 afterwards.
 
     ``scale="standardise"``: by the store's stats (mean, std), or the data's own moments after ``log1p``.
     ``scale="divide"``: divided by ``divide_by``: one number, one per channel, or ``"max"`` (each
     channel's largest absolute value over all rows; 1 where that is 0). ``where`` names the setting in
-    errors.
+    errors. ``copy=False`` lets a float32 ``arr`` that nothing else uses be scaled in place (no second
+    array of the chips' size).
     """
-    x = np.asarray(arr, dtype=np.float32)
+    x = np.array(arr, dtype=np.float32, copy=copy or None)  # the arithmetic below is in place
     if scale == "divide":
         return _divide(np.sign(x) * np.log1p(np.abs(x)) if log1p else x, divide_by, where)
     if scale != "standardise":
@@ -92,8 +93,15 @@ def normalise_array(arr: np.ndarray, stats: dict | None, log1p: bool = False, *,
     if x.ndim == 1:
         x, shape = x[:, None], (1, -1)
     std = np.where(std > 0, std, 1.0).astype(np.float32)
-    x = (x - mean.reshape(shape)) / std.reshape(shape)
-    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
+    x -= mean.astype(np.float32).reshape(shape)
+    x /= std.reshape(shape)
+    return _zero_non_finite(x)
+
+
+def _zero_non_finite(x: np.ndarray) -> np.ndarray:
+    """NaN and infinities set to 0, in place (one pass: far faster than ``np.nan_to_num`` on chip arrays)."""
+    x[~np.isfinite(x)] = 0.0
+    return x
 
 
 def _divide(x: np.ndarray, divide_by: float | list[float] | str | None, where: str) -> np.ndarray:
@@ -116,8 +124,8 @@ def _divide(x: np.ndarray, divide_by: float | list[float] | str | None, where: s
     if not np.all(div > 0):
         raise ConfigError(f"{where}: divisors must be positive, got {div.tolist()}")
     shape = (1, -1) + (1,) * (x.ndim - 2) if x.ndim > 1 else (-1,)
-    x = x / div.astype(np.float32).reshape(shape)
-    return np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32, copy=False)
+    x /= div.astype(np.float32).reshape(shape)
+    return _zero_non_finite(x)
 
 
 def _scaling(vc: ViewEncoderConfig) -> dict:
@@ -164,7 +172,8 @@ def _load_view(workdir: Path, vc: ViewEncoderConfig, location_ids: np.ndarray, d
     else:
         for name in names:
             arrays[name] = torch.from_numpy(
-                normalise_array(store.read(name), store.stats.get(name), log1p=vc.log1p, **_scaling(vc)))
+                normalise_array(store.read(name), store.stats.get(name), log1p=vc.log1p, copy=False,
+                                **_scaling(vc)))
     return ViewData(vc.view, arrays, torch.from_numpy(valid), text_fingerprint(fp_parts), store.meta.get("kind"))
 
 
@@ -185,7 +194,7 @@ def _frozen_features(workdir: Path, vc: ViewEncoderConfig, store, array: str, de
     nchan = chips.shape[1]
     if max(vc.backbone_bands) >= nchan:
         raise ConfigError(f"train.views[{vc.view}].backbone_bands {vc.backbone_bands}: chips have {nchan} channels")
-    x = normalise_array(chips, store.stats.get(array), **_scaling(vc))
+    x = normalise_array(chips, store.stats.get(array), copy=False, **_scaling(vc))
     log.info("computing frozen ResNet-18 features of %d chips of view %s", len(x), vc.view)
     feats = backbone_features(model, x, bands=vc.backbone_bands, input_size=vc.backbone_input_size,
                               device=device)
