@@ -1,6 +1,6 @@
 """The reference values of tests/test_demo.py::test_run_demo_on_a_reduced_config (tests/reference/demo_reduced.json):
-the test's configuration (configs/demo.yaml with 10,000 locations, 8 epochs, all three models, 5-fold H3
-resolution-8 blocks) run through ``geoembed.demo.run_demo`` in a temporary folder, printing the pooled ratios.
+the test's configuration (``geoembed.testing.demo.reduced_demo_config``: configs/demo.yaml with 10,000
+locations, 8 epochs, one member, all three models, 5-fold H3 resolution-8 blocks) run through ``geoembed.demo.run_demo`` in a temporary folder, printing the pooled ratios.
 
     .venv/bin/python benchmarks/demo_reference.py [--h3 8] [--seed 0]
 """
@@ -15,7 +15,8 @@ from pathlib import Path
 import yaml
 
 from geoembed.config import load_config
-from geoembed.demo import DEMO_CONFIG, run_demo
+from geoembed.demo import run_demo
+from geoembed.testing.demo import reduced_demo_config
 
 
 def main() -> None:
@@ -24,18 +25,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the config's seed (locations and training)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="geoembed_demo_ref_"))
-    d = yaml.safe_load(DEMO_CONFIG.read_text())
-    root = DEMO_CONFIG.parent
-    d["seed"] = args.seed
-    d["workdir"] = str(tmp / "run")
-    d["locations"]["n"] = 10000
-    d["locations"]["region"]["raster"] = str((root / d["locations"]["region"]["raster"]).resolve())
-    for v in d["views"]:
-        v["sources"] = [str((root / s).resolve()) for s in v["sources"]]
-    d["train"].update(epochs=8, max_minutes=4.0)
-    d["evaluate"]["table"] = str(tmp / "run" / "tracts_enriched.parquet")
-    d["evaluate"]["models"] = ["glm", "gam", "gbm"]
-    d["evaluate"]["split"] = {"kind": "spatial_block", "n_folds": 5, "block_method": "h3", "h3_resolution": args.h3}
+    d = reduced_demo_config(tmp, seed=args.seed, h3_resolution=args.h3)
     (tmp / "demo.yaml").write_text(yaml.safe_dump(d))
     out = run_demo(load_config(tmp / "demo.yaml"))
     print(json.dumps({f"{p['model']}:{p['features']}": round(p["deviance_ratio"], 4) for p in out["pooled"]}))

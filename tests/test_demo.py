@@ -25,6 +25,7 @@ from geoembed.demo import (
     teacher_bundle,
     write_tract_polygons,
 )
+from geoembed.testing.demo import reduced_demo_config
 from geoembed.testing.geoclip import geoclip_root
 
 needs_wheel = pytest.mark.skipif(geoclip_root() is None, reason="the geoclip wheel is not installed "
@@ -56,22 +57,7 @@ def reference(name: str) -> dict:
 def test_run_demo_on_a_reduced_config(tmp_path, capsys):
     """The demo pipeline on half the locations and two thirds of the epochs: its embeddings beat raw
     coordinates for the GLM, the GAM and LightGBM, by the margins in tests/reference/demo_reduced.json."""
-    d = yaml.safe_load(DEMO_CONFIG.read_text())
-    root = DEMO_CONFIG.parent
-    d["workdir"] = str(tmp_path / "run")
-    d["locations"]["n"] = 10000
-    d["locations"]["region"]["raster"] = str((root / d["locations"]["region"]["raster"]).resolve())
-    for v in d["views"]:
-        v["sources"] = [str((root / s).resolve()) for s in v["sources"]]
-    # one member at 1,000 m / 150 m jitter: the settings the reference was measured with
-    d["train"].update(epochs=8, max_minutes=4.0, ensemble=1, jitter_m=150)
-    d["train"]["coordinate_encoder"]["encodings"][0]["min_wavelength_m"] = 1000
-    d["enrich"] = {"input": str(tmp_path / "run" / "tracts.parquet"),
-                   "output": str(tmp_path / "run" / "tracts_enriched.parquet")}
-    d["evaluate"]["table"] = str(tmp_path / "run" / "tracts_enriched.parquet")
-    d["evaluate"]["models"] = ["glm", "gam", "gbm"]
-    # H3 cells (res 8, ~0.5 km edges) instead of the grid: blocks that depend on geometry alone
-    d["evaluate"]["split"] = {"kind": "spatial_block", "n_folds": 5, "block_method": "h3", "h3_resolution": 8}
+    d = reduced_demo_config(tmp_path)  # also what measured the reference (benchmarks/demo_reference.py)
     cfg_path = tmp_path / "demo.yaml"
     cfg_path.write_text(yaml.safe_dump(d))
     out = run_demo(load_config(cfg_path))

@@ -239,3 +239,19 @@ def test_gbm_grid_errors_name_the_setting(pois):
     with pytest.raises(ValueError, match="grid needs early_stopping"):
         EvaluateConfig.model_validate({"table": "t.parquet", "target": "y",
                                        "gbm": {"grid": {"num_leaves": [4]}, "early_stopping": False}})
+
+
+def test_gbm_extra_trees_is_lightgbms_own_setting(pois):
+    """``extra_trees`` reaches LightGBM unchanged: off equals LightGBM's own ``params`` override, bit for bit,
+    and randomised thresholds give another model; ``geoembed evaluate`` passes the config's value on."""
+    from geoembed.evaluate.estimators import make_estimator
+
+    _, on = _ratio(make("gbm", emb=EMB), pois)
+    _, off = _ratio(make("gbm", emb=EMB, extra_trees=False), pois)
+    _, via_params = _ratio(make("gbm", emb=EMB, params={"extra_trees": False}), pois)
+    assert on.params_["extra_trees"] is True and off.params_["extra_trees"] is False
+    assert np.array_equal(off.predict(pois), via_params.predict(pois))
+    assert not np.array_equal(on.predict(pois), off.predict(pois))
+    cfg = EvaluateConfig.model_validate({"table": "t.parquet", "target": "y", "gbm": {"extra_trees": False}})
+    assert make_estimator("gbm", "embeddings", cfg, EMB).get_params()["extra_trees"] is False
+    assert EvaluateConfig.model_validate({"table": "t.parquet", "target": "y"}).gbm.extra_trees is True

@@ -134,6 +134,8 @@ class GBMConfig(Section):
     min_data_in_leaf: int = Field(20, ge=1)
     feature_fraction: float = Field(1.0, gt=0, le=1)
     lambda_l2: float = Field(0.0, ge=0)
+    extra_trees: bool = Field(True, description="LightGBM's extremely randomised trees (a random threshold per "
+                              "feature and node): steadier on small tables of continuous features")
     early_stopping: bool = True
     early_stopping_rounds: int = Field(50, ge=1)
     inner_folds: int = Field(3, ge=2)

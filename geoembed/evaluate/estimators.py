@@ -55,7 +55,7 @@ def _estimator(model: str, features: str, cfg: EvaluateConfig, embs: list[str]):
         return GBMRegressor(numeric=[*cov, *coords, *embs], num_boost_round=b.num_boost_round,
                             learning_rate=b.learning_rate, num_leaves=b.num_leaves,
                             min_data_in_leaf=b.min_data_in_leaf, feature_fraction=b.feature_fraction,
-                            lambda_l2=b.lambda_l2, early_stopping=b.early_stopping,
+                            lambda_l2=b.lambda_l2, extra_trees=b.extra_trees, early_stopping=b.early_stopping,
                             early_stopping_rounds=b.early_stopping_rounds, inner_cv=b.inner_folds,
                             num_threads=b.num_threads, params=dict(b.params), grid=dict(b.grid) or None,
                             random_state=cfg.seed, **common)

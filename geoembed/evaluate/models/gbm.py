@@ -43,6 +43,9 @@ class GBMRegressor(RiskRegressor):
     family, power, exposure, numeric, categorical, handle_unknown : as :class:`GLMRegressor` (the link is
         the objective's: log, except identity for gaussian and logit for binomial).
     num_boost_round, learning_rate, num_leaves, min_data_in_leaf, feature_fraction, lambda_l2 : LightGBM's.
+    extra_trees : LightGBM's extremely randomised trees (one random threshold tried per feature and node); on
+        by default: on tables of hundreds of rows with continuous features such as embeddings it was steadier
+        and better for every target measured (BENCHMARKS.md, "LightGBM with extremely randomised trees").
     early_stopping, early_stopping_rounds, inner_cv : rounds chosen on inner splits (module doc); without
         early stopping (or with ``inner_cv=None``) ``num_boost_round`` rounds are used.
     num_threads : LightGBM threads. params : further LightGBM parameters (override the above).
@@ -57,7 +60,7 @@ class GBMRegressor(RiskRegressor):
                  numeric: list[str] | None = None, categorical: list[str] | None = None,
                  handle_unknown: str = "error", num_boost_round: int = 1000, learning_rate: float = 0.05,
                  num_leaves: int = 15, min_data_in_leaf: int = 20, feature_fraction: float = 1.0,
-                 lambda_l2: float = 0.0, early_stopping: bool = True, early_stopping_rounds: int = 50,
+                 lambda_l2: float = 0.0, extra_trees: bool = True, early_stopping: bool = True, early_stopping_rounds: int = 50,
                  inner_cv=3, num_threads: int = 1, params: dict | None = None, grid: dict | None = None,
                  random_state: int = 0):
         self.family = family
@@ -72,6 +75,7 @@ class GBMRegressor(RiskRegressor):
         self.min_data_in_leaf = min_data_in_leaf
         self.feature_fraction = feature_fraction
         self.lambda_l2 = lambda_l2
+        self.extra_trees = extra_trees
         self.early_stopping = early_stopping
         self.early_stopping_rounds = early_stopping_rounds
         self.inner_cv = inner_cv
@@ -108,7 +112,8 @@ class GBMRegressor(RiskRegressor):
     def _lgb_params(self) -> dict:
         p = {"objective": GBM_OBJECTIVES[self.family], "learning_rate": self.learning_rate,
              "num_leaves": self.num_leaves, "min_data_in_leaf": self.min_data_in_leaf,
-             "feature_fraction": self.feature_fraction, "lambda_l2": self.lambda_l2, "seed": self.random_state,
+             "feature_fraction": self.feature_fraction, "lambda_l2": self.lambda_l2,
+             "extra_trees": bool(self.extra_trees), "seed": self.random_state,
              "deterministic": True, "force_row_wise": True, "num_threads": self.num_threads, "verbosity": -1}
         if self.family == "tweedie":
             p["tweedie_variance_power"] = self.power
