@@ -255,3 +255,21 @@ def test_gbm_extra_trees_is_lightgbms_own_setting(pois):
     cfg = EvaluateConfig.model_validate({"table": "t.parquet", "target": "y", "gbm": {"extra_trees": False}})
     assert make_estimator("gbm", "embeddings", cfg, EMB).get_params()["extra_trees"] is False
     assert EvaluateConfig.model_validate({"table": "t.parquet", "target": "y"}).gbm.extra_trees is True
+
+
+def test_gam_without_shrinkage_fits(pois):
+    """``shrinkage=0`` leaves each curvature penalty singular; rounding made its null space slightly negative
+    and glum refused it. ``_psd`` lifts such a penalty by 1e-10 of its scale and leaves a definite one alone."""
+    import glum._linalg
+
+    from geoembed.evaluate.models.gam import Margin, _psd
+
+    S = Margin(6, 3, "bspline").fit(np.random.default_rng(0).gamma(2.0, size=400)).S_ * 1e5
+    assert not glum._linalg.is_pos_semidef(S)  # as the GAM built it before
+    lifted = _psd(S)
+    assert glum._linalg.is_pos_semidef(lifted) and np.abs(lifted - S).max() < 1e-9 * np.abs(S).max()
+    definite = S + np.eye(len(S))
+    assert _psd(definite) is definite
+    r0, m0 = _ratio(make("gam", emb=EMB, shrinkage=0.0), pois)
+    r_small, _ = _ratio(make("gam", emb=EMB, shrinkage=1e-6), pois)
+    assert np.isfinite(r0) and r0 == pytest.approx(r_small, abs=2e-3)

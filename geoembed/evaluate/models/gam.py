@@ -80,6 +80,18 @@ def derivative_penalty(t: np.ndarray, k: int) -> np.ndarray:
     return S
 
 
+def _psd(S: np.ndarray) -> np.ndarray:
+    """``S`` itself when its smallest eigenvalue is at least 1e-10 of its largest, else ``S`` plus the ridge
+    that lifts it there. A curvature penalty without shrinkage is singular (constant and linear directions),
+    and rounding puts those eigenvalues at about -1e-13 x its scale, which glum's positive semi-definiteness
+    check (an absolute -1e-15) refuses; a ridge of 1e-10 of the penalty's scale changes no fit measurably."""
+    vals = np.linalg.eigvalsh(S)
+    floor = 1e-10 * max(float(vals.max()), 0.0)
+    if vals.min() >= floor:
+        return S
+    return S + (floor - float(vals.min())) * np.eye(len(S))
+
+
 BASES = ("bspline", "pspline")
 
 
@@ -276,7 +288,7 @@ class GAMRegressor(RiskRegressor):
         for s in self.smooths_:
             info = float(np.sum(w0[:, None] * s.basis ** 2))  # tr(B' W B)
             Sj = s.cov_der2 * info / max(np.trace(s.cov_der2), 1e-12)
-            Ss.append(Sj + self.shrinkage * info / s.dim_basis * np.eye(s.dim_basis))
+            Ss.append(_psd(Sj + self.shrinkage * info / s.dim_basis * np.eye(s.dim_basis)))
         # linear columns are unpenalised; a column constant on the training rows gets coefficient 0
         lin = np.diag((L.std(axis=0) == 0).astype(float)) if L.shape[1] else np.zeros((0, 0))
         S = block_diag(lin, *Ss)
