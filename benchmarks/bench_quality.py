@@ -6,6 +6,8 @@ counts (Poisson, exposure = tract area) under the demo's 5-fold 1.5 km spatial b
 as mean +- sd over seeds:
 
 * held-out deviance ratio of GLM, GAM and LightGBM on the embeddings (and on coordinates, the baseline);
+  with ``--polygons N`` also on the tracts as polygons (each the mean embedding over N points sampled in it,
+  ``evaluate.points_per_polygon``; the same folds);
 * training diagnostics of the bundle: best epoch, held-out top-1 / top-5 retrieval, chance top-1,
   held-out loss;
 * how much of the views' own signal the embeddings keep: ``view_r2``, the held-out R^2 (same folds) of a
@@ -13,7 +15,7 @@ as mean +- sd over seeds:
   pixels) from the tract's embedding, averaged over the bands; and the GLM deviance ratio of those tract
   means themselves (``views glm``), the level a perfect coordinate encoder of these views could approach.
 
-    python benchmarks/bench_quality.py [--seeds 0 1 2 3 4] [--jobs 2] [--workdir runs/quality]
+    python benchmarks/bench_quality.py [--seeds 0 1 2 3 4] [--jobs 2] [--workdir runs/quality] [--polygons 32]
     python benchmarks/bench_quality.py --set train.jitter_m=200 --set train.epochs=16   # an experiment
 
 ``--set KEY=VALUE`` overrides a dotted key of the demo config (the value is read as YAML). Finished seeds are
@@ -111,8 +113,26 @@ def _poisson_dev(y, mu) -> float:
     return float(2.0 * np.sum(t - (y - mu)))
 
 
-def run_seed(config: str, seed: int, workdir: str, overrides: list[str]) -> dict:
-    """Run the demo for one seed; returns its figures."""
+def polygon_ratios(cfg, bundle: Path, points: int) -> dict:
+    """Pooled deviance ratio of each model on the tracts as polygons: each tract's embedding is the mean over
+    ``points`` points sampled in it, with the seed's bundle (the centroids' folds and models otherwise)."""
+    from geoembed.demo import write_tract_polygons
+    from geoembed.enrich import LocationEmbedder
+    from geoembed.evaluate.core import run_evaluation
+    from geoembed.evaluate.tables import read_table
+
+    table = write_tract_polygons(Path(cfg.workdir) / "olinda_tract_polygons.parquet")
+    ev = cfg.evaluate.model_copy(update={"features": ["embeddings"], "points_per_polygon": points,
+                                         "table": str(table), "bundle": str(bundle)})
+    data = read_table(table, ev.lon_col, ev.lat_col)
+    records = run_evaluation(data, ev, embedder=LocationEmbedder(bundle=str(bundle))).records
+    pooled = records[records["fold"].astype(str) == "pooled"]
+    return {(r["model"], "polygons"): float(r["deviance_ratio"]) for r in pooled.to_dict("records")
+            if r["features"] == "embeddings"}
+
+
+def run_seed(config: str, seed: int, workdir: str, overrides: list[str], polygons: int | None = None) -> dict:
+    """Run the demo for one seed; returns its figures (and the polygons' with ``polygons`` points each)."""
     import contextlib
     import io
     import logging
@@ -135,6 +155,8 @@ def run_seed(config: str, seed: int, workdir: str, overrides: list[str]) -> dict
     folds, _ = assign_folds(table, ev.split, ev.lon_col, ev.lat_col)
     diag = {k: metrics.get(k) for k in DIAGNOSTICS}
     diag.update(view_signal(cfg, table, folds))
+    if polygons:
+        ratios.update(polygon_ratios(cfg, Path(res["bundle"]), polygons))
     return {"seed": seed, "seconds": seconds, "ratios": ratios, "diagnostics": diag}
 
 
@@ -146,7 +168,10 @@ def _mean_sd(values: list[float]) -> str:
 
 def report(results: list[dict]) -> str:
     """The per-seed table and the mean +- sd line (markdown)."""
-    head = ["seed"] + [f"{m} emb" for m in MODELS] + [f"{m} coords" for m in MODELS] + list(DIAGNOSTICS) + ["s"]
+    feature_sets = ["embeddings", "coords"] + (["polygons"] if any((m, "polygons") in r["ratios"] for r in results
+                                                                   for m in MODELS) else [])
+    short = {"embeddings": "emb", "coords": "coords", "polygons": "poly"}
+    head = ["seed"] + [f"{m} {short[f]}" for f in feature_sets for m in MODELS] + list(DIAGNOSTICS) + ["s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def fmt(v) -> str:
@@ -154,13 +179,12 @@ def report(results: list[dict]) -> str:
 
     for r in sorted(results, key=lambda r: r["seed"]):
         row = [str(r["seed"])]
-        row += [fmt(r["ratios"].get((m, "embeddings"))) for m in MODELS]
-        row += [fmt(r["ratios"].get((m, "coords"))) for m in MODELS]
+        row += [fmt(r["ratios"].get((m, f))) for f in feature_sets for m in MODELS]
         row += [fmt(r["diagnostics"].get(k)) for k in DIAGNOSTICS]
         row.append(f"{r['seconds']:.0f}")
         lines.append("| " + " | ".join(row) + " |")
     agg = [f"mean +- sd ({len(results)} seeds)"]
-    for feats in ("embeddings", "coords"):
+    for feats in feature_sets:
         agg += [_mean_sd([r["ratios"][(m, feats)] for r in results if (m, feats) in r["ratios"]]) for m in MODELS]
     agg += [_mean_sd([float(r["diagnostics"][k]) for r in results if r["diagnostics"].get(k) is not None])
             for k in DIAGNOSTICS]
@@ -169,6 +193,9 @@ def report(results: list[dict]) -> str:
     worst = {m: max(r["ratios"].get((m, "embeddings"), float("nan")) for r in results) for m in MODELS}
     lines.append("")
     lines.append("worst seed on embeddings: " + ", ".join(f"{m} {v:.3f}" for m, v in worst.items()))
+    if "polygons" in feature_sets:
+        worst = {m: max(r["ratios"].get((m, "polygons"), float("nan")) for r in results) for m in MODELS}
+        lines.append("worst seed on polygons: " + ", ".join(f"{m} {v:.3f}" for m, v in worst.items()))
     return "\n".join(lines)
 
 
@@ -180,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "quality"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", help="also write the per-seed figures to this JSON file")
+    parser.add_argument("--polygons", type=int, metavar="N",
+                        help="also evaluate the tracts as polygons, each the mean over N sampled points")
     parser.add_argument("--record", action="store_true",
                         help="write benchmarks/quality_seeds.json: the figures the demo quotes for these settings")
     args = parser.parse_args(argv)
@@ -187,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         seed_config(Path(args.config), s, Path(args.workdir), args.overrides)
     t = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(run_seed, args.config, s, args.workdir, args.overrides) for s in args.seeds]
+        futures = [pool.submit(run_seed, args.config, s, args.workdir, args.overrides, args.polygons)
+                   for s in args.seeds]
         results = []
         for f in futures:
             r = f.result()
