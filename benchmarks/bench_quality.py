@@ -199,6 +199,16 @@ def report(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of points")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "demo.yaml"))
@@ -207,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=str(ROOT / "runs" / "quality"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", help="also write the per-seed figures to this JSON file")
-    parser.add_argument("--polygons", type=int, metavar="N",
+    parser.add_argument("--polygons", type=_positive, metavar="N",
                         help="also evaluate the tracts as polygons, each the mean over N sampled points")
     parser.add_argument("--record", action="store_true",
                         help="write benchmarks/quality_seeds.json: the figures the demo quotes for these settings")

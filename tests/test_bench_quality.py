@@ -37,3 +37,10 @@ def test_report_adds_polygons_only_when_measured(bench):
     cells = [c.strip() for c in mean_row.strip("|").split("|")]
     assert cells[7] == "0.635 +- 0.120"  # glm on polygons: mean and sd of 0.55, 0.72
     assert "worst seed on polygons: glm 0.720, gam 0.470, gbm 0.620" in text
+
+
+def test_polygons_needs_a_positive_number_of_points(bench, capsys):
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(SystemExit):
+            bench.main(["--polygons", bad, "--seeds", "0"])
+        assert "not a positive number of points" in capsys.readouterr().err
