@@ -190,12 +190,10 @@ def report(results: list[dict]) -> str:
             for k in DIAGNOSTICS]
     agg.append("")
     lines.append("| " + " | ".join(agg) + " |")
-    worst = {m: max(r["ratios"].get((m, "embeddings"), float("nan")) for r in results) for m in MODELS}
     lines.append("")
-    lines.append("worst seed on embeddings: " + ", ".join(f"{m} {v:.3f}" for m, v in worst.items()))
-    if "polygons" in feature_sets:
-        worst = {m: max(r["ratios"].get((m, "polygons"), float("nan")) for r in results) for m in MODELS}
-        lines.append("worst seed on polygons: " + ", ".join(f"{m} {v:.3f}" for m, v in worst.items()))
+    for feats in (f for f in feature_sets if f != "coords"):
+        worst = {m: max(r["ratios"].get((m, feats), float("nan")) for r in results) for m in MODELS}
+        lines.append(f"worst seed on {feats}: " + ", ".join(f"{m} {v:.3f}" for m, v in worst.items()))
     return "\n".join(lines)
 
 

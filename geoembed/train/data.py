@@ -93,7 +93,7 @@ def normalise_array(arr: np.ndarray, stats: dict | None, log1p: bool = False, *,
     if x.ndim == 1:
         x, shape = x[:, None], (1, -1)
     std = np.where(std > 0, std, 1.0).astype(np.float32)
-    x -= mean.astype(np.float32).reshape(shape)
+    x -= mean.reshape(shape)  # float32, as std: the arithmetic stays in float32
     x /= std.reshape(shape)
     return _zero_non_finite(x)
 

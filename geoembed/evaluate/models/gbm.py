@@ -60,8 +60,8 @@ class GBMRegressor(RiskRegressor):
                  numeric: list[str] | None = None, categorical: list[str] | None = None,
                  handle_unknown: str = "error", num_boost_round: int = 1000, learning_rate: float = 0.05,
                  num_leaves: int = 15, min_data_in_leaf: int = 20, feature_fraction: float = 1.0,
-                 lambda_l2: float = 0.0, extra_trees: bool = True, early_stopping: bool = True, early_stopping_rounds: int = 50,
-                 inner_cv=3, num_threads: int = 1, params: dict | None = None, grid: dict | None = None,
+                 lambda_l2: float = 0.0, extra_trees: bool = True, early_stopping: bool = True,
+                 early_stopping_rounds: int = 50, inner_cv=3, num_threads: int = 1, params: dict | None = None, grid: dict | None = None,
                  random_state: int = 0):
         self.family = family
         self.power = power
